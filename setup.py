@@ -29,7 +29,13 @@ extensions = [
         sources=["cython_ext/rosa_sam.pyx"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-    )
+    ),
+    Extension(
+        "rosa_lightning.retrieval._tokens",
+        sources=["cython_ext/rosa_tokens.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    ),
 ]
 
 setup(
