@@ -177,3 +177,26 @@ class TokenChunkDataset(Dataset):
         d, start = self._index[index]
         ids = torch.from_numpy(self._docs[d][start : start + self.seq_len].astype(np.int64))
         return {"input_ids": ids, "labels": ids.clone(), "answer_mask": torch.ones(self.seq_len, dtype=torch.bool)}
+
+
+class StdlibSource:
+    """The corpus as a DataModule source: ``build(seed) -> (train, val)`` chunk datasets of ``seq_len`` tokens.
+
+    ``corpus`` is a :class:`StdlibCorpus` (or its keyword arguments as a dict, as Hydra passes them). The split is
+    fixed by file name, so ``seed`` changes nothing here; the DataModule's seed drives the shuffling.
+    """
+
+    def __init__(self, corpus, seq_len: int = 1024, max_chunks_per_doc: Optional[int] = None) -> None:
+        self.corpus = corpus if isinstance(corpus, StdlibCorpus) else StdlibCorpus(**dict(corpus))
+        self.seq_len = int(seq_len)
+        self.max_chunks_per_doc = max_chunks_per_doc
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+    def build(self, seed: int):
+        del seed  # the split and the chunks are fixed
+        return tuple(
+            TokenChunkDataset(self.corpus.documents(split), self.seq_len, self.max_chunks_per_doc) for split in SPLITS
+        )

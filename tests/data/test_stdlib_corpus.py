@@ -55,3 +55,12 @@ def test_chunks_start_inside_documents():
     assert len(TokenChunkDataset(docs, seq_len=8, max_chunks_per_doc=1)) == 2
     with pytest.raises(ValueError, match="seq_len"):
         TokenChunkDataset(docs, seq_len=1000)
+
+
+def test_source_builds_train_and_val(tmp_path):
+    from rosa_lightning.data.stdlib_corpus import StdlibSource
+
+    corpus = dict(tokenizer_path=str(tmp_path / "tok.json"), vocab_size=300, held_out_fraction=0.3, files=FEW)
+    train, val = StdlibSource(corpus, seq_len=64).build(seed=0)
+    assert len(train) > len(val) > 0
+    assert train[0]["input_ids"].shape == (64,) and int(train[0]["input_ids"].max()) < 300
