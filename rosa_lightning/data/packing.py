@@ -1,0 +1,33 @@
+"""Tokenisation and packing, written as ``datasets.map(batched=True)`` functions.
+
+Packing concatenates the documents of one map batch, each followed by the EOS id, and cuts the
+stream into rows of exactly ``seq_len`` tokens; the tail shorter than a row is dropped. Documents
+that span two rows are split; nothing is padded (the published recipe trains on full rows).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def tokenize_batch(batch: dict[str, list], tokenizer: Any, text_field: str) -> dict[str, list]:
+    """{text_field: list[str]} -> {"input_ids": list[list[int]]}, no special tokens added."""
+    enc = tokenizer(batch[text_field], add_special_tokens=False)
+    return {"input_ids": enc["input_ids"]}
+
+
+def pack_ids(docs: list[list[int]], seq_len: int, eos_id: Optional[int]) -> list[list[int]]:
+    """Concatenate ``docs`` (EOS after each when ``eos_id`` is not None) into rows of ``seq_len``."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    stream: list[int] = []
+    for doc in docs:
+        stream.extend(doc)
+        if eos_id is not None:
+            stream.append(int(eos_id))
+    n_rows = len(stream) // seq_len
+    return [stream[i * seq_len:(i + 1) * seq_len] for i in range(n_rows)]
+
+
+def pack_batch(batch: dict[str, list], seq_len: int, eos_id: Optional[int]) -> dict[str, list]:
+    """{"input_ids": docs} -> {"input_ids": rows of seq_len} (a batched map may change the row count)."""
+    return {"input_ids": pack_ids(batch["input_ids"], seq_len, eos_id)}
