@@ -1,0 +1,11 @@
+"""The one module that imports the compiled kernel ``_sam`` (cython_ext/rosa_sam.pyx)."""
+from . import _sam
+
+# Private path switches of the kernel (tests force each path; the default is the hybrid).
+MODE_HYBRID = 0
+MODE_NAIVE = 1
+MODE_LCT = 2
+
+gather_queries = _sam.gather_queries
+match = _sam.match
+StreamState = _sam.StreamState

@@ -1,0 +1,83 @@
+"""``rosa_match``: the batched retrieval of spec §3 for every (row, route) pair."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import _native
+from .result import RosaBuffers, RosaMatch
+from .validation import MAX_LENGTH, as_symbols, check_bits, resolve_threads
+
+_LAYOUTS = ("BTR", "BRT")
+
+
+def _take(buf: Optional[torch.Tensor], name: str, n: int, dtype: torch.dtype, shape) -> torch.Tensor:
+    """A view of the leading n elements of a caller buffer, or a fresh tensor."""
+    if buf is None:
+        return torch.empty(shape, dtype=dtype)
+    if buf.dtype != dtype or not buf.is_contiguous() or buf.device.type != "cpu":
+        raise ValueError(f"out.{name} must be a contiguous CPU {dtype} tensor")
+    if buf.numel() < n:
+        raise ValueError(f"out.{name} holds {buf.numel()} elements, {n} needed")
+    return buf.reshape(-1)[:n].view(shape)
+
+
+def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: bool = True,
+               layout: str = "BTR", out: Optional[RosaBuffers] = None,
+               _mode: int = _native.MODE_HYBRID) -> RosaMatch:
+    """Exact ROSA retrieval (spec §3.3 reference semantics) for every (row, route) pair.
+
+    Args:
+        q, k: query and key symbols, numpy arrays or CPU torch tensors of dtype uint8, int32 or
+            int64, shape [B, T, R] (layout="BTR") or [B, R, T] (layout="BRT"), values in
+            [0, 2**bits). Non-contiguous input is copied.
+        bits: bits per route M, 1..8.
+        num_threads: kernel threads over pairs; None = all cores in this process's affinity.
+            Results do not depend on it.
+        want_cf: also compute the per-Q-run flipped-bit counterfactuals (training).
+        layout: "BTR" or "BRT", the axis order of q and k.
+        out: optional ``RosaBuffers`` to write into (e.g. pinned); results are views of it.
+
+    Returns:
+        RosaMatch with tau int32 [B, R, T], cf int32 [B, R, NQ, bits] (or None), num_q_runs
+        int32 [B, R], q_sym uint8 [B, R, T].
+    """
+    bits = check_bits(bits)
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be 'BTR' or 'BRT', got {layout!r}")
+    qa = as_symbols(q, "q", bits)
+    ka = as_symbols(k, "k", bits)
+    if qa.shape != ka.shape:
+        raise ValueError(f"q and k must have the same shape, got {qa.shape} and {ka.shape}")
+    threads = resolve_threads(num_threads)
+    btr = layout == "BTR"
+    B, R, T = (qa.shape[0], qa.shape[2], qa.shape[1]) if btr else qa.shape
+    if T == 0:
+        raise ValueError("q and k must hold at least one position (T >= 1)")
+    if T > MAX_LENGTH:
+        raise ValueError(f"sequence length T={T} exceeds the kernel's limit {MAX_LENGTH}")
+    if out is not None and not isinstance(out, RosaBuffers):
+        raise TypeError(f"out must be a RosaBuffers, got {type(out).__name__}")
+
+    pairs = B * R
+    q_sym = _take(out and out.q_sym, "q_sym", pairs * T, torch.uint8, (B, R, T))
+    nqr = _take(out and out.num_q_runs, "num_q_runs", pairs, torch.int32, (B, R))
+    tau = _take(out and out.tau, "tau", pairs * T, torch.int32, (B, R, T))
+    if pairs == 0:
+        return RosaMatch(tau=tau, cf=torch.full((B, R, 1, bits), -1, dtype=torch.int32) if want_cf else None,
+                         num_q_runs=nqr, q_sym=q_sym, bits=bits)
+    _native.gather_queries(qa, btr, q_sym.numpy(), nqr.numpy(), threads)
+    nq = max(1, int(nqr.max()))
+    cf = None
+    if want_cf:
+        need = pairs * nq * bits
+        if out is not None and out.cf.numel() < need:
+            out.cf = torch.empty(need, dtype=torch.int32, pin_memory=out.cf.is_pinned())
+        cf = _take(out and out.cf, "cf", need, torch.int32, (B, R, nq, bits))
+        cf_flat = cf.view(-1).numpy()
+    else:
+        cf_flat = np.empty(1, dtype=np.int32)
+    _native.match(q_sym.numpy(), ka, btr, bits, tau.numpy(), cf_flat, nq, bool(want_cf), threads, int(_mode))
+    return RosaMatch(tau=tau, cf=cf, num_q_runs=nqr, q_sym=q_sym, bits=bits)
