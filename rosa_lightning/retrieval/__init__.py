@@ -1,6 +1,6 @@
 """ROSA retrieval: exact suffix-automaton matching per (row, route) pair (spec §3, §7, §8)."""
 from .match import rosa_match
 from .result import RosaBuffers, RosaMatch
+from .stream import RosaStream
 
-__all__ = ["rosa_match", "RosaMatch", "RosaBuffers"]
-from .tokens import TokenStream, rosa_next_token  # noqa: E402,F401
+__all__ = ["rosa_match", "RosaMatch", "RosaBuffers", "RosaStream"]
