@@ -30,12 +30,14 @@ class RosaDataModule(L.LightningDataModule):
             every batch carries ``rosa_token_ids`` computed in the workers.
         token_threads: kernel threads per worker for the token channel.
         seed: drives the shuffling order (and the synthetic examples through ``source.build``).
+        seq_len: when given, every row must have exactly this many tokens (checked in ``setup``).
     """
 
     def __init__(self, source: Any, batch_size: int = 8, val_batch_size: Optional[int] = None,
                  num_workers: int = 0, prefetch_factor: int = 2, pin_memory: Union[bool, str] = "auto",
                  persistent_workers: bool = False, token_channel: Union[bool, str] = False,
-                 token_threads: int = 1, shuffle: bool = True, seed: int = 0) -> None:
+                 token_threads: int = 1, shuffle: bool = True, seed: int = 0,
+                 seq_len: Optional[int] = None) -> None:
         super().__init__()
         if not hasattr(source, "build"):
             raise TypeError(f"data.source must have a build(seed) method, got {type(source).__name__}")
@@ -51,11 +53,15 @@ class RosaDataModule(L.LightningDataModule):
         self.collate = RosaCollate(token_channel, token_threads)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
+        self.seq_len = seq_len
         self.train_set = self.val_set = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.source.build(self.seed)
+            got = int(self.train_set[0]["input_ids"].shape[0])
+            if self.seq_len is not None and got != self.seq_len:
+                raise ValueError(f"data.seq_len={self.seq_len} but the source makes rows of {got} tokens")
 
     def _loader_kwargs(self) -> dict:
         kw: dict[str, Any] = dict(num_workers=self.num_workers, collate_fn=self.collate,
