@@ -1,0 +1,26 @@
+"""ROSA layers for Hugging Face Qwen3 (spec §2, §4.3, §5, §6, §7).
+
+Public API: ``RosaConfig``, ``build_rosa_model``, ``apply_rosa``, ``windowed_config``,
+``apply_window``, ``RosaQwen3ForCausalLM``, parameter helpers (``rosa_parameters``,
+``is_rosa_parameter``, ``freeze_backbone``), adapters (``save_adapter``, ``load_adapter``), the
+retrieval executor (``RetrievalPipeline``, ``attach_pipeline``) and ``rosa_timing_stats``.
+"""
+from .adapters import load_adapter, read_adapter_config, save_adapter
+from .branch import RosaBranch, RosaLinear, RosaTiming
+from .build import build_rosa_model
+from .config import RosaConfig
+from .counterfactual import GradOptions
+from .layer import RosaQwen3DecoderLayer, RosaRuntime
+from .model import (RosaQwen3ForCausalLM, apply_rosa, attach_pipeline, freeze_backbone, is_rosa_parameter,
+                    rosa_layers, rosa_named_parameters, rosa_parameters, rosa_timing_stats)
+from .pipeline import RetrievalHandle, RetrievalPipeline, auto_num_threads
+from .token_channel import RosaTokenChannel
+from .windowing import apply_window, windowed_config
+
+__all__ = [
+    "GradOptions", "RetrievalHandle", "RetrievalPipeline", "RosaBranch", "RosaConfig", "RosaLinear",
+    "RosaQwen3DecoderLayer", "RosaQwen3ForCausalLM", "RosaRuntime", "RosaTiming", "RosaTokenChannel",
+    "apply_rosa", "apply_window", "attach_pipeline", "auto_num_threads", "build_rosa_model", "freeze_backbone",
+    "is_rosa_parameter", "load_adapter", "read_adapter_config", "rosa_layers", "rosa_named_parameters",
+    "rosa_parameters", "rosa_timing_stats", "save_adapter", "windowed_config",
+]

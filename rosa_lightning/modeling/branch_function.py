@@ -1,0 +1,82 @@
+"""The ROSA branch as one autograd Function: readout + output projection forward, §5.2 backward.
+
+Why one fused Function: the backward needs zq, zk, zv, y, and per-position masks. Saving them
+would cost 4 [B, T, C] activations per layer (256 MiB at Qwen3-1.7B, T = 16k, bf16). Instead
+the Function saves only the branch input u (already saved by the attention projections, so
+it costs nothing extra), the weights (parameters), and compact indices:
+
+* tau      int16/int32 [B, R, T]      destination times, -1 = none;
+* cf       int16/int32 [B, R, NQ, M]  flipped-bit destination per Q-run (spec §7.2);
+* v_at_tau uint8 [B, R, T]            V symbol at tau (0 where none).
+
+The backward recomputes the three logits with one matmul each (deterministic, same dtype as in
+the forward, so the Q-run structure recomputed from sign(zq) matches the kernel's), and y.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .counterfactual import GradOptions, counterfactual_logit_grads, readout, readout_grads
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class RosaBranchFunction(torch.autograd.Function):
+    """inj = readout(tau, v_at_tau, e0, e1) @ Wout^T, with the counterfactual backward.
+
+    forward(u [B,T,C], wq, wk, wv, e0 [C], e1 [C], wout [C,C], tau, cf, v_at_tau, bits,
+    options, logit_dtype) -> inj [B,T,C]. ``cf`` may be None when no gradient reaches Q/K/V
+    (inference); ``logit_dtype`` is the dtype zq/zk/zv had in the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, u, wq, wk, wv, e0, e1, wout, tau, cf: Optional[torch.Tensor], v_at_tau,
+                bits: int, options: GradOptions, logit_dtype: torch.dtype):
+        y = readout(tau, v_at_tau, e0, e1, bits)
+        inj = F.linear(y.to(wout.dtype), wout)
+        ctx.bits, ctx.options, ctx.logit_dtype = bits, options, logit_dtype
+        ctx.has_cf = cf is not None
+        ctx.save_for_backward(u, wq, wk, wv, e0, e1, wout, tau, cf if cf is not None else tau, v_at_tau)
+        return inj
+
+    @staticmethod
+    def backward(ctx, grad_inj):
+        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau = ctx.saved_tensors
+        bits = ctx.bits
+        need = ctx.needs_input_grad
+        grads = [None] * 13
+        y = readout(tau, v_at_tau, e0, e1, bits)
+        if need[6]:
+            grads[6] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
+        grad_y = grad_inj @ wout.to(grad_inj.dtype)  # pass-through of G = Wout^T dL/dinj
+        if need[4] or need[5]:
+            g0, g1 = readout_grads(grad_y, tau, v_at_tau, bits)
+            grads[4], grads[5] = g0.to(e0.dtype), g1.to(e1.dtype)
+        if not any(need[:4]):
+            return tuple(grads)
+        if not ctx.has_cf:
+            raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
+                               "(retrieval called with want_cf=False) but Q/K/V require gradients")
+        dt = ctx.logit_dtype
+        with torch.no_grad():
+            ud = u.to(dt)
+            zq, zk, zv = (F.linear(ud, w.to(dt)) for w in (wq, wk, wv))
+        delta = (e1 - e0).detach()
+        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options)
+        del zq, zk, zv
+        # §5.2 results are fp32, cast to the logits' dtype; the projections' backward then runs
+        # in that dtype, exactly as autograd of F.linear would.
+        gz = [g.to(dt) for g in gz]
+        ud = u.to(dt)
+        for slot, w, g in zip((1, 2, 3), (wq, wk, wv), gz):
+            if need[slot]:
+                grads[slot] = (_flat(g).t() @ _flat(ud)).to(w.dtype)
+        if need[0]:
+            gu = gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)
+            grads[0] = gu.to(u.dtype)
+        return tuple(grads)

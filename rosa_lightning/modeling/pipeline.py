@@ -1,0 +1,189 @@
+"""Asynchronous CPU retrieval for ROSA layers (spec §7).
+
+Per call: the layer's Q/K symbols (uint8 [B, T, R]) are transposed to [B, R, T] on the device;
+on CUDA a per-layer side stream (created once) waits on the compute stream, copies them into
+reused pinned host buffers and records an event. A worker thread waits on that event, runs
+``rosa_match`` (the kernel releases the GIL) and narrows the results to int16/int32. Meanwhile
+the main thread computes zv and attention. ``RetrievalHandle.wait`` then returns device tensors
+(non-blocking H2D copies on the compute stream) plus the timings.
+
+Buffer reuse rule (spec §7.2): host buffers belong to one layer; the next job of that layer only
+touches them after its own D2H event, and the side stream waits on the compute stream first, so
+every H2D copy that read them earlier has completed.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Optional, Union
+
+import torch
+
+from .symbols import index_dtype
+
+
+def auto_num_threads(local_world_size: int = 1, reserved: int = 1) -> int:
+    """Kernel threads per rank: max(1, usable_cores // local_world_size - reserved) (spec §7.3).
+
+    Args:
+        local_world_size: ranks sharing this node's cores.
+        reserved: cores kept for this rank's main thread and DataLoader workers.
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        usable = os.cpu_count() or 1
+    return max(1, usable // max(1, local_world_size) - reserved)
+
+
+def _default_match_fn() -> Callable:
+    try:
+        from rosa_lightning.retrieval import rosa_match
+    except ImportError as exc:
+        raise ImportError("rosa_lightning.retrieval.rosa_match is not available (build the kernel with "
+                          "`pip install -e .`), or pass match_fn= to RetrievalPipeline") from exc
+    return rosa_match
+
+
+class _LayerSlot:
+    """Per-layer stream, event and reusable host buffers."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.event = torch.cuda.Event() if self.cuda else None
+        self._host: dict[str, torch.Tensor] = {}
+
+    def host(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A host tensor of ``shape`` (pinned on CUDA) backed by a buffer that grows on demand."""
+        n = 1
+        for s in shape:
+            n *= s
+        buf = self._host.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = torch.empty(max(n, 1), dtype=dtype, pin_memory=self.cuda)
+            self._host[name] = buf
+        return buf[:n].view(shape)
+
+
+class RetrievalHandle:
+    """A retrieval job in flight; ``wait()`` -> (tau, cf, retrieval_s, wait_s).
+
+    tau: int16/int32 [B, R, T] on the symbols' device; cf: same dtype [B, R, NQ, M] or None.
+    """
+
+    def __init__(self, future: Future, device: torch.device) -> None:
+        self._future = future
+        self._device = device
+
+    def wait(self):
+        t0 = time.perf_counter()
+        tau, cf, retrieval_s = self._future.result()  # re-raises worker exceptions here
+        wait_s = time.perf_counter() - t0
+        if self._device.type != "cpu":
+            tau = tau.to(self._device, non_blocking=True)
+            cf = cf.to(self._device, non_blocking=True) if cf is not None else None
+        return tau, cf, retrieval_s, wait_s
+
+
+class RetrievalPipeline:
+    """Owns the retrieval worker thread, per-layer streams and host buffers.
+
+    Use as a context manager or call ``start()``/``close()`` explicitly (a Lightning Callback
+    owns one per fit). ``submit`` starts the pipeline lazily.
+
+    Args:
+        num_threads: kernel threads, "auto" (spec §7.3 budget) or an int >= 1.
+        local_world_size, reserved_threads: inputs of the "auto" budget.
+        match_fn: the retrieval function (default ``rosa_lightning.retrieval.rosa_match``);
+            signature of ``rosa_match``.
+    """
+
+    def __init__(self, num_threads: Union[str, int] = "auto", *, local_world_size: int = 1,
+                 reserved_threads: int = 1, match_fn: Optional[Callable] = None) -> None:
+        if num_threads == "auto":
+            num_threads = auto_num_threads(local_world_size, reserved_threads)
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be 'auto' or an int >= 1, got {num_threads!r}")
+        self.num_threads = num_threads
+        self._match_fn = match_fn
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._slots: dict[tuple, _LayerSlot] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> "RetrievalPipeline":
+        with self._lock:
+            if self._match_fn is None:
+                self._match_fn = _default_match_fn()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rosa-retrieval")
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._slots.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None
+
+    def __enter__(self) -> "RetrievalPipeline":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _slot(self, key, device: torch.device) -> _LayerSlot:
+        slot = self._slots.get((key, device))
+        if slot is None:
+            slot = self._slots[(key, device)] = _LayerSlot(device)
+        return slot
+
+    def submit(self, layer_key, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int,
+               want_cf: bool) -> RetrievalHandle:
+        """Start retrieval for uint8 symbols [B, T, R] of one layer; returns at once."""
+        if q_sym.dtype != torch.uint8 or q_sym.shape != k_sym.shape or q_sym.dim() != 3:
+            raise ValueError(f"q_sym/k_sym must be uint8 [B, T, R] of equal shape, got "
+                             f"{tuple(q_sym.shape)} {q_sym.dtype} and {tuple(k_sym.shape)} {k_sym.dtype}")
+        if not self.running:
+            self.start()
+        device = q_sym.device
+        slot = self._slot(layer_key, device)
+        q = q_sym.transpose(1, 2).contiguous()  # [B, R, T]: each pair contiguous
+        k = k_sym.transpose(1, 2).contiguous()
+        if slot.cuda:
+            slot.stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(slot.stream):
+                hq = slot.host("q", tuple(q.shape), torch.uint8).copy_(q, non_blocking=True)
+                hk = slot.host("k", tuple(k.shape), torch.uint8).copy_(k, non_blocking=True)
+                slot.event.record(slot.stream)
+            q.record_stream(slot.stream)
+            k.record_stream(slot.stream)
+        else:
+            hq, hk = q, k
+        future = self._executor.submit(self._work, slot, hq, hk, bits, want_cf)
+        return RetrievalHandle(future, device)
+
+    def _work(self, slot: _LayerSlot, q: torch.Tensor, k: torch.Tensor, bits: int, want_cf: bool):
+        """Worker thread: wait for the symbols, match, narrow indices. Exceptions reach ``wait``."""
+        if slot.event is not None:
+            slot.event.synchronize()
+        t0 = time.perf_counter()
+        match = self._match_fn(q, k, bits, self.num_threads, want_cf=want_cf, layout="BRT")
+        B, R, T = match.tau.shape
+        dt = index_dtype(T)
+        tau = self._narrow(slot, "tau", match.tau, dt)
+        cf = self._narrow(slot, "cf", match.cf, dt) if want_cf else None
+        return tau, cf, time.perf_counter() - t0
+
+    @staticmethod
+    def _narrow(slot: _LayerSlot, name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # CPU: a fresh tensor, since autograd keeps it; CUDA: a reused pinned buffer (H2D follows).
+        if slot.cuda:
+            return slot.host(name, tuple(x.shape), dtype).copy_(x)
+        return x.to(dtype, copy=True)
