@@ -46,6 +46,13 @@ cdef enum:
     WORK_SLACK = 4096
 
 
+cdef struct StateInfo:
+    int32_t link
+    int32_t slen         # len of the longest string
+    int32_t e            # latest end index (a K-run index); the LCT's node value in LCT mode
+    int32_t pad
+
+
 cdef struct Sam:
     int32_t A            # alphabet size 2**bits
     int32_t bits
@@ -54,9 +61,7 @@ cdef struct Sam:
     int32_t n_states
     int32_t last
     int32_t *nxt         # [cap * A] dense transitions, -1 = none
-    int32_t *link
-    int32_t *slen        # len of the longest string
-    int32_t *e           # latest end index (a K-run index); the LCT's node value in LCT mode
+    StateInfo *info      # link, len, latest end of each state, together in one 16-byte record
     int32_t *fa          # LCT: splay parent or path parent, -1 = none
     int32_t *ch          # LCT: [cap * 2] splay children
     int32_t *tag         # LCT: pending "max with" for the splay subtree, -1 = none
@@ -81,23 +86,21 @@ cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap) noexcept nogi
     S.cap = cap
     S.run_cap = run_cap
     S.nxt = <int32_t *> malloc(cap * S.A * sizeof(int32_t))
-    S.link = <int32_t *> malloc(cap * sizeof(int32_t))
-    S.slen = <int32_t *> malloc(cap * sizeof(int32_t))
-    S.e = <int32_t *> malloc(cap * sizeof(int32_t))
+    S.info = <StateInfo *> malloc(cap * sizeof(StateInfo))
     S.fa = <int32_t *> malloc(cap * sizeof(int32_t))
     S.ch = <int32_t *> malloc(2 * cap * sizeof(int32_t))
     S.tag = <int32_t *> malloc(cap * sizeof(int32_t))
     S.run_start = <int32_t *> malloc(run_cap * sizeof(int32_t))
-    if (S.nxt == NULL or S.link == NULL or S.slen == NULL or S.e == NULL or S.fa == NULL
+    if (S.nxt == NULL or S.info == NULL or S.fa == NULL
             or S.ch == NULL or S.tag == NULL or S.run_start == NULL):
         return -1
     return 0
 
 
 cdef void sam_free(Sam *S) noexcept nogil:
-    free(S.nxt); free(S.link); free(S.slen); free(S.e)
+    free(S.nxt); free(S.info)
     free(S.fa); free(S.ch); free(S.tag); free(S.run_start)
-    S.nxt = NULL; S.link = NULL; S.slen = NULL; S.e = NULL
+    S.nxt = NULL; S.info = NULL
     S.fa = NULL; S.ch = NULL; S.tag = NULL; S.run_start = NULL
 
 
@@ -114,15 +117,9 @@ cdef int sam_reserve(Sam *S, int64_t more_positions) noexcept nogil:
         p = realloc(S.nxt, c * S.A * sizeof(int32_t))
         if p == NULL: return -1
         S.nxt = <int32_t *> p
-        p = realloc(S.link, c * sizeof(int32_t))
+        p = realloc(S.info, c * sizeof(StateInfo))
         if p == NULL: return -1
-        S.link = <int32_t *> p
-        p = realloc(S.slen, c * sizeof(int32_t))
-        if p == NULL: return -1
-        S.slen = <int32_t *> p
-        p = realloc(S.e, c * sizeof(int32_t))
-        if p == NULL: return -1
-        S.e = <int32_t *> p
+        S.info = <StateInfo *> p
         p = realloc(S.fa, c * sizeof(int32_t))
         if p == NULL: return -1
         S.fa = <int32_t *> p
@@ -148,19 +145,21 @@ cdef inline int32_t new_state(Sam *S, int32_t slen, int32_t link, int32_t e) noe
     cdef int32_t v = S.n_states
     S.n_states += 1
     memset(S.nxt + <int64_t> v * S.A, 0xFF, S.A * sizeof(int32_t))
-    S.link[v] = link
-    S.slen[v] = slen
-    S.e[v] = e
-    S.fa[v] = -1
-    S.ch[2 * v] = -1
-    S.ch[2 * v + 1] = -1
-    S.tag[v] = -1
+    S.info[v].link = link
+    S.info[v].slen = slen
+    S.info[v].e = e
+    if S.lct:
+        S.fa[v] = -1
+        S.ch[2 * v] = -1
+        S.ch[2 * v + 1] = -1
+        S.tag[v] = -1
     return v
 
 
 cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     """Empty automaton (root only) and a fresh scan state."""
     S.n_states = 0
+    S.lct = 1 if mode == MODE_LCT else 0
     new_state(S, 0, -1, -1)
     S.last = 0
     S.n_runs = 0
@@ -185,8 +184,8 @@ cdef inline bint lct_is_root(Sam *S, int32_t x) noexcept nogil:
 
 cdef inline void lct_apply(Sam *S, int32_t x, int32_t val) noexcept nogil:
     if x != -1:
-        if S.e[x] < val:
-            S.e[x] = val
+        if S.info[x].e < val:
+            S.info[x].e = val
         if S.tag[x] < val:
             S.tag[x] = val
 
@@ -254,7 +253,7 @@ cdef void lct_enable(Sam *S) noexcept nogil:
     """Switch a pair to LCT mode: every suffix link becomes a path-parent pointer."""
     cdef int32_t v
     for v in range(S.n_states):
-        S.fa[v] = S.link[v]
+        S.fa[v] = S.info[v].link
         S.ch[2 * v] = -1
         S.ch[2 * v + 1] = -1
         S.tag[v] = -1
@@ -266,24 +265,24 @@ cdef void lct_enable(Sam *S) noexcept nogil:
 cdef inline int32_t get_e(Sam *S, int32_t v) noexcept nogil:
     if S.lct:
         lct_splay(S, v)
-    return S.e[v]
+    return S.info[v].e
 
 
 cdef void extend(Sam *S, int32_t x, int32_t pos) noexcept nogil:
     """Append symbol x at K-run index pos (spec §3.3 extend)."""
     cdef int32_t A = S.A
-    cdef int32_t cur = new_state(S, S.slen[S.last] + 1, -1, -1)
+    cdef int32_t cur = new_state(S, S.info[S.last].slen + 1, -1, -1)
     cdef int32_t v = S.last
     cdef int32_t w, clone, ew, left
     while v != -1 and S.nxt[<int64_t> v * A + x] == -1:
         S.nxt[<int64_t> v * A + x] = cur
-        v = S.link[v]
+        v = S.info[v].link
     if v == -1:
-        S.link[cur] = 0
+        S.info[cur].link = 0
     else:
         w = S.nxt[<int64_t> v * A + x]
-        if S.slen[v] + 1 == S.slen[w]:
-            S.link[cur] = w
+        if S.info[v].slen + 1 == S.info[w].slen:
+            S.info[cur].link = w
         else:
             if S.lct:
                 # Cut w from its parent; access(w) also makes e[w] exact.
@@ -291,27 +290,27 @@ cdef void extend(Sam *S, int32_t x, int32_t pos) noexcept nogil:
                 left = S.ch[2 * w]
                 S.fa[left] = -1
                 S.ch[2 * w] = -1
-            ew = S.e[w]
-            clone = new_state(S, S.slen[v] + 1, S.link[w], ew)
+            ew = S.info[w].e
+            clone = new_state(S, S.info[v].slen + 1, S.info[w].link, ew)
             memcpy(S.nxt + <int64_t> clone * A, S.nxt + <int64_t> w * A, A * sizeof(int32_t))
             while v != -1 and S.nxt[<int64_t> v * A + x] == w:
                 S.nxt[<int64_t> v * A + x] = clone
-                v = S.link[v]
-            S.link[w] = clone
-            S.link[cur] = clone
+                v = S.info[v].link
+            S.info[w].link = clone
+            S.info[cur].link = clone
             if S.lct:
-                S.fa[clone] = S.link[clone]
+                S.fa[clone] = S.info[clone].link
                 S.fa[w] = clone
     S.last = cur
     if S.lct:
-        S.fa[cur] = S.link[cur]
+        S.fa[cur] = S.info[cur].link
         lct_access(S, cur)
         lct_apply(S, cur, pos)
     else:
         v = cur
         while v != -1:
-            S.e[v] = pos
-            v = S.link[v]
+            S.info[v].e = pos
+            v = S.info[v].link
             S.work += 1
 
 
@@ -324,9 +323,9 @@ cdef inline int32_t step(Sam *S, int32_t v, int32_t x) noexcept nogil:
     if S.nxt[<int64_t> v * A + x] != -1:
         return S.nxt[<int64_t> v * A + x]
     if not S.lct:
-        v = S.link[v]
+        v = S.info[v].link
         while S.nxt[<int64_t> v * A + x] == -1:
-            v = S.link[v]
+            v = S.info[v].link
             S.work += 1
         return S.nxt[<int64_t> v * A + x]
     lct_access(S, v)
@@ -353,6 +352,38 @@ cdef inline int32_t dest_time(Sam *S, int32_t ns) noexcept nogil:
     return -1
 
 
+cdef void probe_flips(Sam *S, int32_t v, int32_t a, int32_t *out) noexcept nogil:
+    """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
+
+    Naive mode walks v's suffix-link chain once for all bits (one transition row per state)."""
+    cdef int32_t A = S.A
+    cdef int32_t bits = S.bits
+    cdef int32_t ns[8]
+    cdef int32_t j, x
+    cdef int32_t pending = 0
+    cdef const int32_t *row
+    if S.lct:
+        for j in range(bits):
+            out[j] = dest_time(S, step(S, v, a ^ (1 << j)))
+        return
+    row = S.nxt + <int64_t> v * A
+    for j in range(bits):
+        x = a ^ (1 << j)
+        ns[j] = row[x]
+        if ns[j] == -1 and S.nxt[x] != -1:     # not at v, but the root has it: walk
+            pending |= 1 << j
+    while pending:
+        v = S.info[v].link
+        S.work += 1
+        row = S.nxt + <int64_t> v * A
+        for j in range(bits):
+            if (pending >> j) & 1 and row[a ^ (1 << j)] != -1:
+                ns[j] = row[a ^ (1 << j)]
+                pending &= ~(1 << j)
+    for j in range(bits):
+        out[j] = dest_time(S, ns[j])
+
+
 cdef void scan_pair(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                int32_t *tau, int32_t *cf) noexcept nogil:
     """Consume n positions (spec §3.3 scan body); writes tau[0..n) and, if cf != NULL, the
@@ -376,8 +407,7 @@ cdef void scan_pair(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
             S.lastq = a
             S.adv = 0
             if cf != NULL:
-                for j in range(bits):
-                    cf[<int64_t> S.nq * bits + j] = dest_time(S, step(S, S.st, a ^ (1 << j)))
+                probe_flips(S, S.st, a, cf + <int64_t> S.nq * bits)
             S.nq += 1
         if S.adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
@@ -554,7 +584,7 @@ cdef class StreamState:
         cdef int64_t p, total = 0
         cdef int64_t per_state
         for p in range(self.n_pairs):
-            per_state = (self.sams[p].A + 7) * sizeof(int32_t)
+            per_state = (self.sams[p].A + 8) * sizeof(int32_t)
             total += self.sams[p].n_states * per_state + self.sams[p].n_runs * sizeof(int32_t)
             total += sizeof(Sam)
         return total
