@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 import torch
 from torch import nn
-from transformers import Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM, Qwen3Model
 
 from .branch import RosaBranch, RosaLinear
 from .config import RosaConfig
@@ -22,11 +22,31 @@ from .windowing import apply_window
 
 def _next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:
     try:
-        from rosa_lightning.retrieval import rosa_next_token
+        from rosa_lightning.retrieval.tokens import rosa_next_token
     except ImportError as exc:
         raise ImportError("the token channel needs rosa_lightning.retrieval.rosa_next_token (build the kernel), "
                           "or pass rosa_token_ids= to forward") from exc
     return rosa_next_token(input_ids.cpu()).to(input_ids.device)
+
+
+def _rosa_init(module: nn.Module) -> bool:
+    """ROSA init for ROSA modules (missing keys at load time); False for any other module."""
+    if isinstance(module, (RosaLinear, RosaBranch, RosaTokenChannel)):
+        module.reset_parameters()
+        return True
+    return False
+
+
+class RosaQwen3Model(Qwen3Model):
+    """The decoder stack of ``RosaQwen3ForCausalLM``.
+
+    HF initialises missing weights submodel by submodel with each submodel's own
+    ``_init_weights``; this subclass makes the decoder stack apply the ROSA init to branches.
+    """
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if not _rosa_init(module):
+            super()._init_weights(module)
 
 
 class RosaQwen3ForCausalLM(Qwen3ForCausalLM):
@@ -44,10 +64,8 @@ class RosaQwen3ForCausalLM(Qwen3ForCausalLM):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Missing ROSA keys at load time get the ROSA init, not HF's normal init.
-        if isinstance(module, (RosaLinear, RosaBranch, RosaTokenChannel)):
-            module.reset_parameters()
-            return
-        super()._init_weights(module)
+        if not _rosa_init(module):
+            super()._init_weights(module)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, rosa_token_ids=None, **kwargs):
@@ -68,6 +86,7 @@ class RosaQwen3ForCausalLM(Qwen3ForCausalLM):
 
 def _install(model: Qwen3ForCausalLM, rosa: RosaConfig) -> None:
     cfg = model.config
+    model.model.__class__ = RosaQwen3Model
     runtime = RosaRuntime(rosa)
     model.rosa_runtime = runtime
     for i in rosa.layers_for(cfg.num_hidden_layers):
