@@ -362,9 +362,30 @@ cdef void probe_flips(Sam *S, int32_t v, int32_t a, int32_t *out) noexcept nogil
     cdef int32_t j, x
     cdef int32_t pending = 0
     cdef const int32_t *row
+    cdef int32_t top = -1, y, best
     if S.lct:
+        # One access of v serves every probe: splaying within v's root-path tree keeps its nodes.
         for j in range(bits):
-            out[j] = dest_time(S, step(S, v, a ^ (1 << j)))
+            x = a ^ (1 << j)
+            ns[j] = S.nxt[<int64_t> v * A + x]
+            if ns[j] != -1 or S.nxt[x] == -1:
+                continue
+            if top == -1:
+                lct_access(S, v)
+                top = v
+            y = top
+            best = 0
+            while y != -1:
+                if S.nxt[<int64_t> y * A + x] != -1:
+                    best = y
+                    y = S.ch[2 * y + 1]
+                else:
+                    y = S.ch[2 * y]
+            lct_splay(S, best)
+            top = best
+            ns[j] = S.nxt[<int64_t> best * A + x]
+        for j in range(bits):
+            out[j] = dest_time(S, ns[j])
         return
     row = S.nxt + <int64_t> v * A
     for j in range(bits):

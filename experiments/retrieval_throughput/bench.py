@@ -1,0 +1,127 @@
+"""Throughput of the ROSA retrieval kernel against a baseline of the published approach.
+
+Prints a markdown table: ns per (route, token) of ``rosa_match`` (one thread, counterfactuals on)
+per input pattern, its ratio to the uniform-random cost, the baseline's ns per (route, token) and
+the speed-up, measured side by side in this process; then thread scaling and state bytes.
+
+    .venv/bin/python experiments/retrieval_throughput/bench.py [--T 16384] [--bits 4]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rosa_lightning.retrieval import RosaStream, rosa_match
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baseline_numba import baseline_match  # noqa: E402
+
+
+def distinct_cycle(period, A, rng):
+    """A cycle of `period` symbols with no two cyclically adjacent symbols equal."""
+    if period == 1:
+        return rng.integers(0, A, 1)
+    if period <= A:
+        return rng.permutation(A)[:period]
+    base = rng.integers(0, A, period)
+    for i in range(period):
+        while base[i] == base[i - 1] or (i == period - 1 and base[i] == base[0]):
+            base[i] = rng.integers(0, A)
+    return base
+
+
+def patterns(T, bits, rng):
+    """(name, q [T], k [T]) for every tested input pattern."""
+    A = 1 << bits
+    yield "uniform random", rng.integers(0, A, T), rng.integers(0, A, T)
+    for p in (1, 2, 4, 8, 16, 32, 64):
+        k = np.resize(distinct_cycle(p, A, rng), T + 1)
+        yield f"periodic p={p}, q=k", k[:T], k[:T]
+        yield f"periodic p={p}, q shifted", k[1:], k[:T]
+    runs_k, runs_q = [], []
+    while len(runs_k) < T:
+        runs_k += [int(rng.integers(0, A))] * int(rng.integers(16, 257))
+    while len(runs_q) < T:
+        runs_q += [int(rng.integers(0, A))] * int(rng.integers(16, 257))
+    yield "long runs (16..256)", np.array(runs_q[:T]), np.array(runs_k[:T])
+    block = np.resize(rng.integers(0, A, T // 8 + 1), T + 1)
+    block = np.resize(block[: T // 8], T + 1)
+    yield "block x8, q shifted", block[1:], block[:T]
+
+
+def timed(fn, repeats):
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, default=16384)
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--routes", type=int, default=8, help="routes per pattern for rosa_match")
+    ap.add_argument("--baseline-routes", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    T, bits, R = args.T, args.bits, args.routes
+    rng = np.random.default_rng(0)
+    warm = rng.integers(0, 1 << bits, (2, 64))
+    baseline_match(warm, warm, bits)  # compile
+
+    print(f"T={T}, bits={bits}, one thread, counterfactuals on; ns per (route, token), best of {args.repeats}\n")
+    print("| pattern | rosa_match | / random | baseline | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    random_ns = None
+    for name, q, k in patterns(T, bits, rng):
+        qb = np.repeat(q.astype(np.uint8)[None, :, None], R, axis=2)
+        kb = np.repeat(k.astype(np.uint8)[None, :, None], R, axis=2)
+        if name == "uniform random":
+            qb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
+            kb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
+        sec, m = timed(lambda: rosa_match(qb, kb, bits, num_threads=1), args.repeats)
+        ns = sec / (R * T) * 1e9
+        random_ns = random_ns or ns
+        P = args.baseline_routes
+        qp = np.ascontiguousarray(qb[0, :, :P].T).astype(np.int64)
+        kp = np.ascontiguousarray(kb[0, :, :P].T).astype(np.int64)
+        bsec, (btau, _) = timed(lambda: baseline_match(qp, kp, bits), 1)
+        assert np.array_equal(btau, m.tau[0, :P].numpy()), f"baseline disagrees on {name}"
+        bns = bsec / (P * T) * 1e9
+        print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {bns:.1f} | {bns / ns:.1f}x |")
+
+    print("\nThread scaling, uniform random, 4·R pairs:\n")
+    print("| threads | ns per (route, token) wall | speed-up |")
+    print("|---:|---:|---:|")
+    qb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
+    kb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
+    one = None
+    for threads in sorted({1, 2, len(os.sched_getaffinity(0))}):
+        sec, _ = timed(lambda: rosa_match(qb, kb, bits, num_threads=threads), args.repeats)
+        ns = sec / (qb.shape[0] * qb.shape[2] * T) * 1e9
+        one = one or ns
+        print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x |")
+
+    print("\nPersistent RosaStream state after T tokens (bytes per (route, token)):\n")
+    print("| pattern | bytes |")
+    print("|---|---:|")
+    for name, q, k in patterns(T, bits, np.random.default_rng(1)):
+        if name not in ("uniform random", "periodic p=2, q shifted", "block x8, q shifted"):
+            continue
+        stream = RosaStream(1, 1, bits, num_threads=1)
+        stream.scan(q.astype(np.uint8)[None, :, None], k.astype(np.uint8)[None, :, None])
+        print(f"| {name} | {stream.nbytes() / T:.1f} |")
+    A = 1 << bits
+    arena = (2 * T + 2) * (4 * A + 32) + 4 * (T + 1) + T
+    print(f"\nTraining arena (dense, per thread, transient): {arena / T:.0f} bytes per token of T.")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
