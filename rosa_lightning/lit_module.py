@@ -1,0 +1,256 @@
+"""``RosaLitModule``: loss, metrics, optimizer groups and the two training stages (spec §6.3, §6.4).
+
+Stage A trains the ROSA parameters only; the backbone is frozen with ``requires_grad=False`` and
+gets no optimizer state. Stage B trains the backbone too, at its own (small) learning rate, with the
+schedule restarted. Stage B starts either in the same run once ``stage_a_tokens`` tokens were seen
+(single process: the optimizer and scheduler are rebuilt), or as a separate run with
+``train.stage=B model.init_from=<stage-A checkpoint or adapter dir>``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from rosa_lightning.data.loading import backbone_reference
+
+IGNORE_INDEX = -100
+STAGES = ("A", "B")
+
+
+class RosaLitModule(L.LightningModule):
+    """LightningModule around a ROSA-patched Qwen3 (``rosa_lightning.modeling``).
+
+    Args:
+        backbone: path / hub id, ``{name_or_path: ...}``, or a mapping of Qwen3Config fields.
+        rosa: a ``RosaConfig``.
+        optimizer: partial optimizer (``params`` given here), e.g. AdamW with betas and eps.
+        scheduler: partial ``scheduler(optimizer, total_steps)`` or None (constant LR).
+        lr: per stage ("A", "B"), the groups' base learning rates and schedule floors: ``rosa``,
+            ``rosa_min``, ``backbone``, ``backbone_min`` (backbone values are needed in stage B only).
+        weight_decay: applied to matrices (ROSA projections incl. out_proj, backbone weights); e0/e1,
+            norms and biases get 0.
+        stage: "A" or "B" (the stage this run starts in).
+        stage_a_tokens: switch A -> B in this run after that many training tokens (None = never).
+        from_scratch: random init for a backbone given by path/hub id (configs always are).
+        init_from: a Lightning checkpoint or an adapter directory to take the starting weights from.
+    """
+
+    def __init__(self, backbone: Any, rosa: Any, optimizer: Callable, scheduler: Optional[Callable] = None,
+                 lr: Optional[Mapping] = None, weight_decay: float = 0.01, stage: str = "A",
+                 stage_a_tokens: Optional[int] = None, from_scratch: bool = False,
+                 torch_dtype: Optional[str] = None, attn_implementation: str = "sdpa",
+                 init_from: Optional[str] = None) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
+        self.save_hyperparameters(logger=False)
+        self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
+                   "B": {"rosa": 1e-4, "rosa_min": 5e-6, "backbone": 5e-6, "backbone_min": 1e-6}}
+        for st, values in dict(lr or {}).items():
+            if st not in STAGES:
+                raise ValueError(f"model.lr keys must be stages {STAGES}, got {st!r}")
+            self.lr[st] = {**self.lr[st], **dict(values)}
+        self.stage = stage
+        self.model = build_model(backbone, rosa, torch_dtype=torch_dtype,
+                                 attn_implementation=attn_implementation, from_scratch=from_scratch)
+        if init_from:
+            load_initial_weights(self.model, init_from)
+        self._apply_stage()
+        self.tokens_seen = 0
+        self.stage_started_step = 0
+
+    # ---- stages -------------------------------------------------------------------------------
+    def _apply_stage(self) -> None:
+        from rosa_lightning.modeling import freeze_backbone
+
+        if self.stage == "A":
+            freeze_backbone(self.model)
+        else:
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+
+    def _maybe_enter_stage_b(self) -> None:
+        budget = self.hparams.stage_a_tokens
+        if self.stage != "A" or budget is None or self.tokens_seen < budget:
+            return
+        if self.trainer.world_size > 1:
+            raise RuntimeError("the in-run switch to stage B is single-process only; on several ranks run "
+                               "stage B separately: train.stage=B model.init_from=<stage-A checkpoint>")
+        self.stage = "B"
+        self.stage_started_step = self.global_step
+        self._apply_stage()
+        self.trainer.strategy.setup_optimizers(self.trainer)  # new groups; the schedule restarts
+        self.print(f"stage B from step {self.global_step} ({self.tokens_seen} tokens seen)")
+
+    # ---- forward and loss ---------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B, T, V] for ``batch["input_ids"]`` (plus ``rosa_token_ids`` when present)."""
+        kwargs = {}
+        if "rosa_token_ids" in batch:
+            kwargs["rosa_token_ids"] = batch["rosa_token_ids"]
+        return self.model(input_ids=batch["input_ids"], use_cache=False, **kwargs).logits
+
+    def _step(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor:
+        logits = self(batch)
+        loss, n_scored = shifted_cross_entropy(logits, batch["labels"])
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=split != "train")
+        self.log(f"{split}/ppl", torch.exp(loss.detach().clamp(max=30.0)), batch_size=bs,
+                 sync_dist=split != "train")
+        if "answer_mask" in batch:
+            acc = answer_accuracy(logits.detach(), batch["input_ids"], batch["answer_mask"])
+            self.log(f"{split}/answer_acc", acc, prog_bar=True, batch_size=bs, sync_dist=split != "train")
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log("train/tokens_seen", float(self.tokens_seen), batch_size=1)
+        self.log("train/stage_b", float(self.stage == "B"), batch_size=1)
+        for group in self.trainer.optimizers[0].param_groups:
+            self.log(f"lr/{group['name']}", group["lr"], batch_size=1)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_enter_stage_b()
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    # ---- optimization -------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        groups = parameter_groups(self.model, self.lr[self.stage], self.hparams.weight_decay, self.stage)
+        optimizer = self.hparams.optimizer(params=groups)
+        if self.hparams.scheduler is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else None
+        if total is None:
+            raise ValueError("the LR schedule needs a finite run length: set trainer.max_steps or max_epochs")
+        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=max(1, total - self.global_step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rosa_train_state"] = {"tokens_seen": self.tokens_seen, "stage": self.stage,
+                                          "stage_started_step": self.stage_started_step}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rosa_train_state")
+        if state is None:
+            return
+        self.tokens_seen = int(state["tokens_seen"])
+        self.stage_started_step = int(state["stage_started_step"])
+        if state["stage"] != self.stage:
+            self.stage = state["stage"]
+            self._apply_stage()
+
+
+def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss: logits [B, T, V] at t score labels[t + 1]; -100 labels are ignored.
+
+    Returns (loss, number of scored tokens). Computed in fp32 whatever the logits dtype.
+    """
+    target = labels[:, 1:].reshape(-1)
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    n_scored = (target != IGNORE_INDEX).sum()
+    if int(n_scored) == 0:
+        raise ValueError("a batch without any scored label (all -100)")
+    return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX), n_scored
+
+
+def answer_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Argmax accuracy over answer tokens: logits [B, T, V] at t predict input_ids[t + 1]."""
+    mask = answer_mask[:, 1:]
+    hits = (logits[:, :-1].argmax(dim=-1) == input_ids[:, 1:]) & mask
+    return hits.sum().float() / mask.sum().clamp(min=1).float()
+
+
+def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, stage: str) -> list[dict]:
+    """Optimizer groups (spec §6.4): ROSA matrices / ROSA vectors (e0, e1) / backbone matrices / backbone
+    vectors (norms, biases), each with ``lr``, ``min_lr`` (the schedule's floor) and ``name``.
+
+    Only parameters with ``requires_grad`` are included; empty groups are dropped (stage A has no
+    backbone groups at all).
+    """
+    from rosa_lightning.modeling import is_rosa_parameter
+
+    buckets: dict[str, list] = {"rosa": [], "rosa_no_decay": [], "backbone": [], "backbone_no_decay": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "rosa" if is_rosa_parameter(name) else "backbone"
+        buckets[part if p.ndim >= 2 else f"{part}_no_decay"].append(p)
+    groups = []
+    for name, params in buckets.items():
+        if not params:
+            continue
+        part = name.split("_")[0]
+        groups.append({"params": params, "name": name, "lr": float(lr[part]), "min_lr": float(lr[f"{part}_min"]),
+                       "weight_decay": 0.0 if name.endswith("no_decay") else float(weight_decay)})
+    if not groups:
+        raise ValueError(f"stage {stage}: no trainable parameters")
+    return groups
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 20):
+    """Per group: linear warmup from ``min_lr`` to ``lr`` over ``warmup_steps``, then cosine to ``min_lr``
+    at ``total_steps`` (spec §6.4). Groups without ``min_lr`` decay to 0.
+    """
+    def factor(floor: float) -> Callable[[int], float]:
+        def f(step: int) -> float:
+            if step < warmup_steps:
+                return floor + (1.0 - floor) * step / warmup_steps
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return f
+
+    floors = [g.get("min_lr", 0.0) / g["lr"] if g["lr"] > 0 else 0.0 for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(fl) for fl in floors])
+
+
+def build_model(backbone: Any, rosa: Any, *, torch_dtype: Optional[str], attn_implementation: str,
+                from_scratch: bool) -> torch.nn.Module:
+    """``build_rosa_model`` after a fast availability check of a path / hub id (no hanging retries)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from rosa_lightning.data.hub import resolve_reference
+    from rosa_lightning.modeling import RosaConfig, build_rosa_model
+
+    if isinstance(rosa, (Mapping, DictConfig)):
+        rosa = RosaConfig.from_dict(OmegaConf.to_container(rosa) if isinstance(rosa, DictConfig) else dict(rosa))
+    ref = backbone_reference(backbone)
+    if ref is not None:
+        spec: Any = resolve_reference(ref, what="backbone", config_key="model.backbone")
+    else:
+        spec = OmegaConf.to_container(backbone) if isinstance(backbone, DictConfig) else backbone
+        from_scratch = True  # a bare config has no weights to load
+    dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    return build_rosa_model(spec, rosa, torch_dtype=dtype, attn_implementation=attn_implementation,
+                            from_scratch=from_scratch)
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> None:
+    """Start from a Lightning checkpoint (``state_dict`` keys under ``model.``) or a saved adapter
+    (a ``.safetensors`` file or a directory holding one)."""
+    from pathlib import Path
+
+    from rosa_lightning.modeling import load_adapter
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model.init_from={path!r} does not exist")
+    if p.is_dir() or p.suffix == ".safetensors":
+        load_adapter(model, str(p))
+        return
+    state = torch.load(p, map_location="cpu", weights_only=False)["state_dict"]
+    state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise RuntimeError(f"model.init_from={path!r} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
