@@ -16,16 +16,17 @@ their agreement (Pearson correlation and sign agreement):
 - K: bit j at a K-run start s_l (the only times that receive K credit);
 - V: bit m at a destination time (a time some position retrieves; V elsewhere has no effect).
 
-A bit is forced through forward hooks on the branch's projection modules that overwrite one logit by ±1 (the forward
-reads signs only, so nothing else changes); the current value of the bit reuses the unforced loss. The loss is the
-scalar ``loss_fn(model)``; its gradient is taken with ``torch.autograd.grad`` on the captured logits, so no parameter
-``.grad`` is touched. All probes of one call run on the same batch, sequentially (one forward each).
+A bit is forced through a forward hook on the branch's projection module that overwrites one logit by ±1 (the
+forward reads signs only, so nothing else changes); the bit's current value reuses the unforced loss. The estimate
+is what the branch's backward computes (``counterfactual_logit_grads`` with the branch's ``grad_options``), see
+``logit_grads``. The loss is the scalar ``loss_fn(model)``; no parameter ``.grad`` is touched. Each probe costs one
+forward on the same batch.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 
 from rosa_lightning.retrieval import rosa_match
 
+from .counterfactual import counterfactual_logit_grads
 from .symbols import pack_symbols, run_starts
 
 STREAMS = ("q", "k", "v")
@@ -84,22 +86,13 @@ class GradientCheck:
         return {name: s.summary() for name, s in self.streams.items()}
 
 
-def branch_projections(branch: nn.Module) -> Dict[str, nn.Module]:
-    """The modules whose outputs are the Q, K and V logits [B, T, C] of a ROSA branch."""
-    mods = {x: getattr(branch, f"{x}_proj", None) for x in STREAMS}
-    missing = [x for x, m in mods.items() if m is None]
-    if missing:
-        raise TypeError(f"branch {type(branch).__name__} has no {', '.join(x + '_proj' for x in missing)}")
-    return mods
+def _projections(branch: nn.Module) -> Dict[str, nn.Module]:
+    return {x: getattr(branch, f"{x}_proj") for x in STREAMS}
 
 
 @contextlib.contextmanager
-def _capture(mods: Dict[str, nn.Module], store: Dict[str, torch.Tensor]) -> Iterator[None]:
-    def make(name):
-        def hook(_mod, _inp, out):
-            store[name] = out
-        return hook
-    handles = [m.register_forward_hook(make(x)) for x, m in mods.items()]
+def _hooks(*registrations) -> Iterator[None]:
+    handles = [register(fn) for register, fn in registrations]
     try:
         yield
     finally:
@@ -108,31 +101,96 @@ def _capture(mods: Dict[str, nn.Module], store: Dict[str, torch.Tensor]) -> Iter
 
 
 @contextlib.contextmanager
-def force_bit(module: nn.Module, b: int, t: int, c: int, value: int) -> Iterator[None]:
-    """Within the block, the output logit [b, t, c] of ``module`` is +1 (value=1) or -1 (value=0)."""
+def force_bit(layer: nn.Module, stream: str, b: int, t: int, c: int, value: int) -> Iterator[None]:
+    """Within the block, ``bit^stream[b, t, c]`` of ``layer``'s ROSA branch is forced to ``value`` (0 or 1).
+
+    The projection's output logit is overwritten by +1 or -1; the forward reads only its sign.
+    """
+    if stream not in STREAMS or value not in (0, 1):
+        raise ValueError(f"force_bit: stream must be one of {STREAMS} and value 0 or 1, got {stream!r}, {value!r}")
+
     def hook(_mod, _inp, out):
         out = out.clone()
         out[b, t, c] = 1.0 if value else -1.0
         return out
-    handle = module.register_forward_hook(hook)
-    try:
+
+    with _hooks((_projections(layer.rosa)[stream].register_forward_hook, hook)):
         yield
-    finally:
-        handle.remove()
+
+
+@dataclass
+class LogitGrads:
+    """One forward + backward of a ROSA layer: logits ``z`` and estimates ``grad`` per stream, [B, T, C].
+
+    ``grad[x]`` is dL/dz^x as the branch's counterfactual backward computes it (fp32); ``u`` is the branch input.
+    """
+
+    loss: float
+    z: Dict[str, torch.Tensor]
+    grad: Dict[str, torch.Tensor]
+    u: torch.Tensor
+
+
+def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> LogitGrads:
+    """The counterfactual dL/dz of ``layer``'s ROSA branch for the Q, K and V logits.
+
+    The fused branch Function never materialises dL/dz as an autograd tensor, so it is recomputed here with
+    the same function the backward calls (``counterfactual_logit_grads`` with the branch's ``grad_options``),
+    from the captured logits, the retrieval of their symbols and G = dL/dy = Wout^T dL/dinj. dL/dinj is dL/dh
+    of the residual sum ``h = (x + attn) + inj`` (the input of ``post_attention_layernorm``) for
+    ``injection="post_attn"``, the branch output itself for ``"pre_attn"``.
+    """
+    branch = layer.rosa
+    z: Dict[str, torch.Tensor] = {}
+    seen: Dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_mod, _inp, out):
+            z[name] = out.detach()
+        return hook
+
+    def keep_u(_mod, args):
+        seen["u"] = args[0].detach()
+
+    def keep_h(_mod, args):
+        seen["inj"] = args[0]
+
+    def keep_inj(_mod, _inp, out):
+        seen["inj"] = out
+
+    regs = [(m.register_forward_hook, keep(x)) for x, m in _projections(branch).items()]
+    regs.append((branch.q_proj.register_forward_pre_hook, keep_u))
+    if layer.rosa_runtime.config.injection == "post_attn":
+        regs.append((layer.post_attention_layernorm.register_forward_pre_hook, keep_h))
+    else:
+        regs.append((branch.register_forward_hook, keep_inj))
+    with torch.enable_grad(), _hooks(*regs):
+        loss = loss_fn(model)
+    if "inj" not in seen or len(z) != 3:
+        raise RuntimeError("loss_fn did not run the ROSA branch of the given layer")
+    (g_inj,) = torch.autograd.grad(loss, [seen["inj"]])
+    bits = branch.bits
+    with torch.no_grad():
+        grad_y = g_inj @ branch.out_proj.weight.to(g_inj.dtype)
+        q_sym, k_sym = (pack_symbols(z[x], bits).transpose(1, 2).contiguous().cpu() for x in ("q", "k"))
+        match = rosa_match(q_sym, k_sym, bits, layout="BRT")
+        dev = z["q"].device
+        delta = (branch.e1 - branch.e0).detach()
+        gq, gk, gv = counterfactual_logit_grads(z["q"], z["k"], z["v"], match.tau.to(dev), match.cf.to(dev),
+                                                grad_y, delta, bits, branch.grad_options)
+    return LogitGrads(loss=float(loss.detach()), z=z, grad={"q": gq, "k": gk, "v": gv}, u=seen["u"])
 
 
 def _candidates(z: Dict[str, torch.Tensor], bits: int) -> Dict[str, np.ndarray]:
-    """Per stream, int64 [n, 3] (b, t, r): Q-run starts, K-run starts and destination times of every pair."""
-    q_sym = pack_symbols(z["q"], bits).transpose(1, 2).contiguous()  # [B, R, T]
-    k_sym = pack_symbols(z["k"], bits).transpose(1, 2).contiguous()
+    """Per stream, int64 [n, 3] (b, t, r): Q-run starts, K-run starts, and destination times of every pair."""
+    q_sym, k_sym = (pack_symbols(z[x], bits).transpose(1, 2).contiguous().cpu() for x in ("q", "k"))
     out = {}
     for name, sym in (("q", q_sym), ("k", k_sym)):
         start, _ = run_starts(sym)
-        is_start = start == torch.arange(sym.shape[-1])
-        b, r, t = torch.nonzero(is_start, as_tuple=True)
+        b, r, t = torch.nonzero(start == torch.arange(sym.shape[-1]), as_tuple=True)
         out[name] = torch.stack([b, t, r], 1).numpy()
-    tau = rosa_match(q_sym.cpu(), k_sym.cpu(), bits, want_cf=False, layout="BRT").tau.long()
-    dest = torch.zeros_like(tau, dtype=torch.bool)
+    tau = rosa_match(q_sym, k_sym, bits, want_cf=False, layout="BRT").tau.long()
+    dest = torch.zeros(tau.shape, dtype=torch.bool)
     dest.scatter_(2, tau.clamp(min=0), tau >= 0)
     b, r, t = torch.nonzero(dest, as_tuple=True)
     out["v"] = torch.stack([b, t, r], 1).numpy()
@@ -140,7 +198,7 @@ def _candidates(z: Dict[str, torch.Tensor], bits: int) -> Dict[str, np.ndarray]:
 
 
 def _sample(cands: np.ndarray, n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """n probes (b, t, c) drawn from candidate (b, t, r) rows with a uniform bit, without repeats where possible."""
+    """Up to n distinct probes (b, t, c) from candidate rows (b, t, r), each with a uniformly drawn bit."""
     if len(cands) == 0:
         return np.zeros((0, 3), dtype=np.int64)
     rows = rng.choice(len(cands), size=n, replace=len(cands) < n)
@@ -150,51 +208,39 @@ def _sample(cands: np.ndarray, n: int, bits: int, rng: np.random.Generator) -> n
     return probes[rng.permutation(len(probes))]
 
 
-def gradient_check(model: nn.Module, branch: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], bits: int,
+def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
                    num_probes: int = 64, streams=STREAMS, seed: int = 0) -> GradientCheck:
-    """Compare the counterfactual estimate with exact loss differences for single bits of one ROSA branch.
+    """Compare the counterfactual estimate with exact loss differences for single bits of one ROSA layer.
 
     Args:
-        model: the model ``loss_fn`` evaluates (forward only; parameters are not changed).
-        branch: the ROSA branch of the layer under test; it must expose ``q_proj``, ``k_proj``, ``v_proj``
-            modules whose outputs are the logits the forward thresholds.
+        model: what ``loss_fn`` evaluates (forward only; no parameter or ``.grad`` is changed).
+        layer: a ``RosaQwen3DecoderLayer`` of ``model`` (its ``rosa`` branch is probed).
         loss_fn: ``loss_fn(model) -> scalar tensor`` on a fixed batch; must be deterministic.
-        bits: M, bits per route of the branch.
-        num_probes: bits sampled per stream (duplicates removed).
+        num_probes: bits sampled per stream (duplicates removed, so possibly fewer).
         streams: subset of ("q", "k", "v").
         seed: seed of the probe sampler.
     Returns:
-        GradientCheck with per-stream fd/est arrays and their Pearson and sign agreement.
+        GradientCheck with per-stream fd/est arrays, Pearson correlation and sign agreement.
     """
     bad = [s for s in streams if s not in STREAMS]
     if bad:
         raise ValueError(f"streams must be a subset of {STREAMS}, got {bad}")
-    mods = branch_projections(branch)
-    z: Dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), _capture(mods, z):
-        loss = loss_fn(model)
-    missing = [x for x in STREAMS if x not in z]
-    if missing:
-        raise RuntimeError(f"loss_fn did not run the branch's {missing} projections")
-    grads = torch.autograd.grad(loss, [z[x] for x in streams], allow_unused=True)
-    base = float(loss.detach())
-    logits = {x: z[x].detach().double() for x in STREAMS}
+    bits = layer.rosa.bits
+    lg = logit_grads(model, layer, loss_fn)
+    cands = _candidates(lg.z, bits)
     rng = np.random.default_rng(seed)
-    cands = _candidates({x: z[x].detach() for x in STREAMS}, bits)
-
-    result = GradientCheck(loss=base)
-    for x, g in zip(streams, grads):
-        zx = logits[x]
-        g = torch.zeros_like(zx) if g is None else g.detach().double()
+    result = GradientCheck(loss=lg.loss)
+    for x in streams:
+        zx, gx = lg.z[x].double().cpu(), lg.grad[x].double().cpu()
         probes = _sample(cands[x], num_probes, bits, rng)
         fd, est = np.zeros(len(probes)), np.zeros(len(probes))
         for i, (b, t, c) in enumerate(probes.tolist()):
             cur = int(zx[b, t, c] > 0)
-            with torch.no_grad(), force_bit(mods[x], b, t, c, 1 - cur):
+            with torch.no_grad(), force_bit(layer, x, b, t, c, 1 - cur):
                 flipped = float(loss_fn(model))
-            fd[i] = (flipped - base) if cur == 0 else (base - flipped)
+            fd[i] = (flipped - lg.loss) if cur == 0 else (lg.loss - flipped)
             s = torch.sigmoid(zx[b, t, c])
             ds = float(s * (1 - s))
-            est[i] = float(g[b, t, c]) / ds if ds > 0 else 0.0
+            est[i] = float(gx[b, t, c]) / ds if ds > 0 else 0.0
         result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes)
     return result
