@@ -332,12 +332,13 @@ cdef inline int32_t step(Sam *S, int32_t v, int32_t x) noexcept nogil:
     y = v
     best = 0
     while y != -1:
+        v = y                             # splaying the deepest visited node pays for the descent
         if S.nxt[<int64_t> y * A + x] != -1:
             best = y
             y = S.ch[2 * y + 1]
         else:
             y = S.ch[2 * y]
-    lct_splay(S, best)
+    lct_splay(S, v)
     return S.nxt[<int64_t> best * A + x]
 
 
@@ -376,13 +377,13 @@ cdef void probe_flips(Sam *S, int32_t v, int32_t a, int32_t *out) noexcept nogil
             y = top
             best = 0
             while y != -1:
+                top = y                   # splaying the deepest visited node pays for the descent
                 if S.nxt[<int64_t> y * A + x] != -1:
                     best = y
                     y = S.ch[2 * y + 1]
                 else:
                     y = S.ch[2 * y]
-            lct_splay(S, best)
-            top = best
+            lct_splay(S, top)
             ns[j] = S.nxt[<int64_t> best * A + x]
         for j in range(bits):
             out[j] = dest_time(S, ns[j])

@@ -69,14 +69,14 @@ def pairs(draw, max_len=64):
 
 
 @pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=pairs())
 def test_property_vs_reference(case, mode):
     q, k, bits = case
     assert_matches(run_pair(q, k, bits, MODES[mode]), scan_pair_reference(q, k, bits), q, bits)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=pairs())
 def test_property_vs_oracle(case):
     q, k, bits = case
