@@ -18,7 +18,7 @@ def _chunked(stream, ids, cuts):
 
 
 @pytest.mark.parametrize("plain", [False, True])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_any_chunking_equals_batch(plain, data):
     t = data.draw(st.integers(1, 60))
