@@ -13,7 +13,8 @@ def _sig(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def reference_branch(zq, zk, zv, tau, cf_tau, grad_y, e0, e1, bits: int, field: str = "soft"):
+def reference_branch(zq, zk, zv, tau, cf_tau, grad_y, e0, e1, bits: int, field: str = "soft",
+                     k_credit: str = "reference"):
     """y and all gradients of the branch in float64.
 
     Args:
@@ -54,13 +55,22 @@ def reference_branch(zq, zk, zv, tau, cf_tau, grad_y, e0, e1, bits: int, field: 
                         w = cf_tau[b, r, t, j, beta]
                         dpart[beta] = 0.0 if w < 0 else sum(theta[m] * fv[b, w, ch[m]] for m in range(M))
                         if w >= 0:
-                            s = _sig(zk[b, w, ch[j]])
+                            kt = w if k_credit == "reference" else _run_start(zk[b][:, ch], w - 1)
+                            s = _sig(zk[b, kt, ch[j]])
                             sign = 1.0 if beta == 1 else -1.0
-                            out["grad_k"][b, w, ch[j]] += s * (1 - s) * sign * dpart[beta]
+                            out["grad_k"][b, kt, ch[j]] += s * (1 - s) * sign * dpart[beta]
                     s = _sig(zq[b, t, ch[j]])
                     out["grad_q"][b, t, ch[j]] = s * (1 - s) * (dpart[1] - dpart[0])
     out["grad_e0"], out["grad_e1"] = ge0, ge1
     return out
+
+
+def _run_start(zk_route, t: int) -> int:
+    """First time of the K-run containing t, from the route's logits zk_route [T, M] (signs give symbols)."""
+    sym = [tuple(row > 0) for row in zk_route]
+    while t > 0 and sym[t - 1] == sym[t]:
+        t -= 1
+    return t
 
 
 def cf_tau_from_runs(q_sym, k_sym, tau, r_cf_run):

@@ -14,6 +14,7 @@ INJECTIONS = ("post_attn", "pre_attn")
 TOKEN_CHANNELS = ("off", "shared", "own")
 CF_FIELDS = ("soft", "hard")
 GRAD_MODES = ("published",)
+K_CREDITS = ("reference", "matched")
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RosaConfig:
         cf_field: value field of the counterfactual gradient: "soft" (sigmoid(zv), default) or
             "hard" (1[zv > 0]).
         grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly.
+        k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
+            run's start, spec §5.3 A3) or "matched" (the matched run's start).
         enabled: False leaves the model structurally patched but skips the branch entirely
             (logits equal the windowed backbone).
     """
@@ -48,6 +51,7 @@ class RosaConfig:
     num_threads: Union[str, int] = "auto"
     cf_field: str = "soft"
     grad_mode: str = "published"
+    k_credit: str = "reference"
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -68,6 +72,7 @@ class RosaConfig:
         _check_choice("token_channel", self.token_channel, TOKEN_CHANNELS)
         _check_choice("cf_field", self.cf_field, CF_FIELDS)
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
+        _check_choice("k_credit", self.k_credit, K_CREDITS)
         if self.num_threads != "auto" and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
             raise ValueError(f"RosaConfig.num_threads must be 'auto' or an int >= 1, got {self.num_threads!r}")
         if not isinstance(self.enabled, bool):

@@ -16,6 +16,9 @@ import torch
 from .symbols import pack_symbols, run_starts, unpack_bits
 
 
+K_CREDITS = ("reference", "matched")
+
+
 @dataclass(frozen=True)
 class GradOptions:
     """Named choices of the counterfactual gradient; the defaults are spec §5.2 exactly.
@@ -24,14 +27,20 @@ class GradOptions:
         field: "soft" uses F = sigmoid(zv) as the value field for Q and K, "hard" uses 1[zv > 0].
         mode: "published" (A1-A4 of spec §5.3). New variants get a new name here and a branch
             in ``counterfactual_logit_grads``; the default never changes.
+        k_credit: which K bits receive the credit of a flipped-Q destination omega = s_{e+1}:
+            "reference" the start of the successor run e+1 (published, spec §5.3 A3), "matched" the
+            start of the matched run e, whose symbol the flipped query bit has to agree with.
     """
 
     field: str = "soft"
     mode: str = "published"
+    k_credit: str = "reference"
 
     def __post_init__(self) -> None:
         if self.field not in ("soft", "hard"):
             raise ValueError(f"GradOptions.field must be 'soft' or 'hard', got {self.field!r}")
+        if self.k_credit not in K_CREDITS:
+            raise ValueError(f"GradOptions.k_credit must be one of {K_CREDITS}, got {self.k_credit!r}")
         if self.mode != "published":
             raise ValueError(f"GradOptions.mode must be 'published', got {self.mode!r}")
 
@@ -85,6 +94,20 @@ def _dsigmoid(z: torch.Tensor) -> torch.Tensor:
     return s * (1.0 - s)
 
 
+def _k_credit_rows(zk: torch.Tensor, base: torch.Tensor, bits: int, k_credit: str):
+    """Map destination rows (pair offset + time of a K-run start s_{e+1}) to the rows that get K credit.
+
+    "reference": the destination itself. "matched": the start s_e of the run before it, i.e. of the run
+    containing time s_{e+1} - 1 (destinations are successor runs, so s_{e+1} >= 1 where it matters; rows of
+    invalid destinations carry zero credit and map anywhere in their pair).
+    """
+    if k_credit == "reference":
+        return lambda rows: rows
+    k_start, _ = run_starts(pack_symbols(zk, bits).transpose(1, 2))  # [B, R, T]
+    prev_start = torch.cat([k_start[..., :1], k_start[..., :-1]], dim=-1).reshape(-1)  # start of run at t-1
+    return lambda rows: base + prev_start.index_select(0, rows)
+
+
 def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Tensor,
                                tau: torch.Tensor, cf: torch.Tensor, grad_y: torch.Tensor,
                                delta: torch.Tensor, bits: int,
@@ -130,6 +153,8 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     cf_rows = cf.reshape(pairs * nq, M).index_select(0, run_rows)  # [P*T, M], compact dtype
     del start, run_id, run_rows, q_sym
 
+    credit = _k_credit_rows(zk, base, M, options.k_credit)
+    credit_same = credit(idx_same)
     grad_q = torch.empty(M, pairs * T, device=dev)
     acc_k = torch.zeros(M, pairs * T, device=dev)
     for j in range(M):
@@ -139,8 +164,8 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
         sj = sign[:, j]
         grad_q[j] = sj * (d_flip - d_same)
         # K credit at run starts: +D for the beta=1 destination, -D for beta=0.
-        acc_k[j].index_add_(0, idx, sj * d_flip)
-        acc_k[j].index_add_(0, idx_same, -sj * d_same)
+        acc_k[j].index_add_(0, credit(idx), sj * d_flip)
+        acc_k[j].index_add_(0, credit_same, -sj * d_same)
     grad_q = _dsigmoid(_to_pairs(zq, M)) * grad_q.t()
     grad_k = _dsigmoid(_to_pairs(zk, M)) * acc_k.t()
     return (_from_pairs(grad_q, B, T, M), _from_pairs(grad_k, B, T, M), _from_pairs(grad_v, B, T, M))

@@ -97,4 +97,4 @@ def install_rosa_layer(layer: Qwen3DecoderLayer, runtime: RosaRuntime, hidden_si
 
 
 def _grad_options(cfg: RosaConfig) -> GradOptions:
-    return GradOptions(field=cfg.cf_field, mode=cfg.grad_mode)
+    return GradOptions(field=cfg.cf_field, mode=cfg.grad_mode, k_credit=cfg.k_credit)
