@@ -10,7 +10,8 @@ The counterfactual backward claims ``dL/dz^X[b, t, c] ≈ σ'(z) · fd``, so its
     est = (dL/dz^X[b, t, c]) / σ'(z^X[b, t, c]).
 
 ``gradient_check`` samples single bits where the estimate is meant to hold and returns, per stream, both values and
-their agreement (Pearson correlation and sign agreement):
+their agreement (Pearson correlation over the probes where either is non-zero, sign agreement where both are, and
+coverage: the fraction of loss-changing bits the estimate sees at all):
 
 - Q: bit j of a route's symbol at a Q-run start u_i (where the counterfactuals are taken, spec §3.6);
 - K: bit j at a K-run start s_l (the only times that receive K credit);
@@ -64,15 +65,19 @@ class StreamAgreement:
 
     @property
     def sign_agreement(self) -> float:
-        """Fraction of informative probes where sign(est) == sign(fd) (an estimate of 0 for a change is a miss)."""
-        m = self.informative
-        if not m.any():
-            return float("nan")
-        return float(np.mean(np.sign(self.fd[m]) == np.sign(self.est[m])))
+        """Fraction of probes with both values non-zero where sign(est) == sign(fd)."""
+        m = (self.fd != 0) & (self.est != 0)
+        return float(np.mean(np.sign(self.fd[m]) == np.sign(self.est[m]))) if m.any() else float("nan")
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of probes that change the loss (fd != 0) for which the estimate is non-zero."""
+        m = self.fd != 0
+        return float(np.mean(self.est[m] != 0)) if m.any() else float("nan")
 
     def summary(self) -> Dict[str, float]:
-        return {"n": int(len(self.fd)), "informative": int(self.informative.sum()),
-                "pearson": self.pearson, "sign_agreement": self.sign_agreement}
+        return {"n": int(len(self.fd)), "informative": int(self.informative.sum()), "pearson": self.pearson,
+                "sign_agreement": self.sign_agreement, "coverage": self.coverage}
 
 
 @dataclass

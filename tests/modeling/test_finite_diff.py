@@ -74,7 +74,7 @@ def test_v_estimate_is_first_order_exact_for_small_values():
     res = gradient_check(model, rosa_layers(model)[1], loss_fn, num_probes=24, streams=("v",))
     v = res.streams["v"]
     assert v.informative.sum() >= 10
-    assert v.pearson > 0.999 and v.sign_agreement == 1.0
+    assert v.pearson > 0.999 and v.sign_agreement == 1.0 and v.coverage == 1.0
     np.testing.assert_allclose(v.est, v.fd, rtol=0.05, atol=1e-7)
 
 
