@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch import nn
 
 from rosa_lightning.retrieval import rosa_match
 
-from .counterfactual import counterfactual_logit_grads
+from .counterfactual import GradOptions, counterfactual_logit_grads
 from .symbols import pack_symbols, run_starts
 
 STREAMS = ("q", "k", "v")
@@ -125,25 +125,36 @@ def force_bit(layer: nn.Module, stream: str, b: int, t: int, c: int, value: int)
 
 @dataclass
 class LogitGrads:
-    """One forward + backward of a ROSA layer: logits ``z`` and estimates ``grad`` per stream, [B, T, C].
+    """One forward + backward of a ROSA layer, enough to evaluate the counterfactual estimate of any option.
 
-    ``grad[x]`` is dL/dz^x as the branch's counterfactual backward computes it (fp32); ``u`` is the branch input.
+    ``z``: logits per stream [B, T, C] (detached); ``u``: branch input [B, T, C]; ``grad_y``: G = dL/dy [B, T, C];
+    ``tau`` int32 [B, R, T] and ``cf`` int32 [B, R, NQ, M]: the retrieval of the logits' symbols; ``delta``: e1 - e0.
     """
 
     loss: float
     z: Dict[str, torch.Tensor]
-    grad: Dict[str, torch.Tensor]
     u: torch.Tensor
+    grad_y: torch.Tensor
+    tau: torch.Tensor
+    cf: torch.Tensor
+    delta: torch.Tensor
+    bits: int
+
+    def grads(self, options: GradOptions) -> Dict[str, torch.Tensor]:
+        """dL/dz per stream, fp32 [B, T, C], as the branch backward computes it with ``options``."""
+        with torch.no_grad():
+            g = counterfactual_logit_grads(self.z["q"], self.z["k"], self.z["v"], self.tau, self.cf, self.grad_y,
+                                           self.delta, self.bits, options)
+        return dict(zip(STREAMS, g))
 
 
 def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> LogitGrads:
-    """The counterfactual dL/dz of ``layer``'s ROSA branch for the Q, K and V logits.
+    """Capture what the counterfactual backward of ``layer``'s ROSA branch reads, from one forward + backward.
 
-    The fused branch Function never materialises dL/dz as an autograd tensor, so it is recomputed here with
-    the same function the backward calls (``counterfactual_logit_grads`` with the branch's ``grad_options``),
-    from the captured logits, the retrieval of their symbols and G = dL/dy = Wout^T dL/dinj. dL/dinj is dL/dh
-    of the residual sum ``h = (x + attn) + inj`` (the input of ``post_attention_layernorm``) for
-    ``injection="post_attn"``, the branch output itself for ``"pre_attn"``.
+    The fused branch Function never materialises dL/dz as an autograd tensor, so ``LogitGrads.grads`` recomputes it
+    with the function the backward calls (``counterfactual_logit_grads``) from the captured logits, the retrieval
+    of their symbols and G = dL/dy = Wout^T dL/dinj. dL/dinj is dL/dh of the residual sum ``h = (x + attn) + inj``
+    (the input of ``post_attention_layernorm``) for ``injection="post_attn"``, the branch output for ``"pre_attn"``.
     """
     branch = layer.rosa
     z: Dict[str, torch.Tensor] = {}
@@ -180,41 +191,71 @@ def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module
         q_sym, k_sym = (pack_symbols(z[x], bits).transpose(1, 2).contiguous().cpu() for x in ("q", "k"))
         match = rosa_match(q_sym, k_sym, bits, layout="BRT")
         dev = z["q"].device
-        delta = (branch.e1 - branch.e0).detach()
-        gq, gk, gv = counterfactual_logit_grads(z["q"], z["k"], z["v"], match.tau.to(dev), match.cf.to(dev),
-                                                grad_y, delta, bits, branch.grad_options)
-    return LogitGrads(loss=float(loss.detach()), z=z, grad={"q": gq, "k": gk, "v": gv}, u=seen["u"])
+    return LogitGrads(loss=float(loss.detach()), z=z, u=seen["u"], grad_y=grad_y, tau=match.tau.to(dev),
+                      cf=match.cf.to(dev), delta=(branch.e1 - branch.e0).detach(), bits=bits)
 
 
-def _candidates(z: Dict[str, torch.Tensor], bits: int) -> Dict[str, np.ndarray]:
-    """Per stream, int64 [n, 3] (b, t, r): Q-run starts, K-run starts, and destination times of every pair."""
-    q_sym, k_sym = (pack_symbols(z[x], bits).transpose(1, 2).contiguous().cpu() for x in ("q", "k"))
-    out = {}
+def sample_probes(lg: LogitGrads, num_probes: int, streams=STREAMS, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Per stream, up to ``num_probes`` distinct bits (b, t, c), int64 [n, 3], where the estimate is meant to hold.
+
+    Q: Q-run starts; K: K-run starts; V: destination times. The bit within the route is drawn uniformly.
+    """
+    bad = [s for s in streams if s not in STREAMS]
+    if bad:
+        raise ValueError(f"streams must be a subset of {STREAMS}, got {bad}")
+    bits = lg.bits
+    q_sym, k_sym = (pack_symbols(lg.z[x], bits).transpose(1, 2).contiguous().cpu() for x in ("q", "k"))
+    cands = {}
     for name, sym in (("q", q_sym), ("k", k_sym)):
         start, _ = run_starts(sym)
         b, r, t = torch.nonzero(start == torch.arange(sym.shape[-1]), as_tuple=True)
-        out[name] = torch.stack([b, t, r], 1).numpy()
-    tau = rosa_match(q_sym, k_sym, bits, want_cf=False, layout="BRT").tau.long()
+        cands[name] = torch.stack([b, t, r], 1).numpy()
+    tau = lg.tau.long().cpu()
     dest = torch.zeros(tau.shape, dtype=torch.bool)
     dest.scatter_(2, tau.clamp(min=0), tau >= 0)
     b, r, t = torch.nonzero(dest, as_tuple=True)
-    out["v"] = torch.stack([b, t, r], 1).numpy()
+    cands["v"] = torch.stack([b, t, r], 1).numpy()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for x in streams:
+        c = cands[x]
+        if len(c) == 0:
+            out[x] = np.zeros((0, 3), dtype=np.int64)
+            continue
+        rows = rng.choice(len(c), size=num_probes, replace=len(c) < num_probes)
+        bb, tt, rr = c[rows].T
+        probes = np.unique(np.stack([bb, tt, rr * bits + rng.integers(0, bits, size=num_probes)], 1), axis=0)
+        out[x] = probes[rng.permutation(len(probes))]
     return out
 
 
-def _sample(cands: np.ndarray, n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to n distinct probes (b, t, c) from candidate rows (b, t, r), each with a uniformly drawn bit."""
-    if len(cands) == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    rows = rng.choice(len(cands), size=n, replace=len(cands) < n)
-    b, t, r = cands[rows].T
-    c = r * bits + rng.integers(0, bits, size=n)
-    probes = np.unique(np.stack([b, t, c], 1), axis=0)
-    return probes[rng.permutation(len(probes))]
+def finite_differences(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
+                       lg: LogitGrads, stream: str, probes: np.ndarray) -> np.ndarray:
+    """float64 [n]: L(bit = 1) - L(bit = 0) for each probe (b, t, c) of ``stream``, one forward per probe."""
+    z = lg.z[stream]
+    fd = np.zeros(len(probes))
+    for i, (b, t, c) in enumerate(probes.tolist()):
+        cur = int(z[b, t, c] > 0)
+        with torch.no_grad(), force_bit(layer, stream, b, t, c, 1 - cur):
+            flipped = float(loss_fn(model))
+        fd[i] = (flipped - lg.loss) if cur == 0 else (lg.loss - flipped)
+    return fd
+
+
+def estimates(lg: LogitGrads, grads: Dict[str, torch.Tensor], stream: str, probes: np.ndarray) -> np.ndarray:
+    """float64 [n]: the counterfactual estimate dL/dz / σ'(z) at each probe (0 where σ' underflows)."""
+    if len(probes) == 0:
+        return np.zeros(0)
+    b, t, c = (torch.as_tensor(a) for a in probes.T)
+    z = lg.z[stream].double().cpu()[b, t, c]
+    g = grads[stream].double().cpu()[b, t, c]
+    ds = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    return torch.where(ds > 0, g / ds.clamp(min=1e-300), 0.0).numpy()
 
 
 def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
-                   num_probes: int = 64, streams=STREAMS, seed: int = 0) -> GradientCheck:
+                   num_probes: int = 64, streams=STREAMS, seed: int = 0,
+                   options: Optional[GradOptions] = None) -> GradientCheck:
     """Compare the counterfactual estimate with exact loss differences for single bits of one ROSA layer.
 
     Args:
@@ -224,28 +265,16 @@ def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Mod
         num_probes: bits sampled per stream (duplicates removed, so possibly fewer).
         streams: subset of ("q", "k", "v").
         seed: seed of the probe sampler.
+        options: gradient options of the estimate; None = the branch's own ``grad_options``.
     Returns:
-        GradientCheck with per-stream fd/est arrays, Pearson correlation and sign agreement.
+        GradientCheck with per-stream fd/est arrays, Pearson correlation, sign agreement and coverage.
     """
-    bad = [s for s in streams if s not in STREAMS]
-    if bad:
-        raise ValueError(f"streams must be a subset of {STREAMS}, got {bad}")
-    bits = layer.rosa.bits
-    lg = logit_grads(model, layer, loss_fn)
-    cands = _candidates(lg.z, bits)
-    rng = np.random.default_rng(seed)
-    result = GradientCheck(loss=lg.loss)
+    probes_lg = logit_grads(model, layer, loss_fn)
+    probes = sample_probes(probes_lg, num_probes, streams, seed)
+    grads = probes_lg.grads(layer.rosa.grad_options if options is None else options)
+    result = GradientCheck(loss=probes_lg.loss)
     for x in streams:
-        zx, gx = lg.z[x].double().cpu(), lg.grad[x].double().cpu()
-        probes = _sample(cands[x], num_probes, bits, rng)
-        fd, est = np.zeros(len(probes)), np.zeros(len(probes))
-        for i, (b, t, c) in enumerate(probes.tolist()):
-            cur = int(zx[b, t, c] > 0)
-            with torch.no_grad(), force_bit(layer, x, b, t, c, 1 - cur):
-                flipped = float(loss_fn(model))
-            fd[i] = (flipped - lg.loss) if cur == 0 else (lg.loss - flipped)
-            s = torch.sigmoid(zx[b, t, c])
-            ds = float(s * (1 - s))
-            est[i] = float(gx[b, t, c]) / ds if ds > 0 else 0.0
-        result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes)
+        fd = finite_differences(model, layer, loss_fn, probes_lg, x, probes[x])
+        est = estimates(probes_lg, grads, x, probes[x])
+        result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes[x])
     return result

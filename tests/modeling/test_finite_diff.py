@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import randomize_values, tiny_config
-from rosa_lightning.modeling import RosaConfig, build_rosa_model, rosa_layers
+from rosa_lightning.modeling import GradOptions, RosaConfig, build_rosa_model, rosa_layers
 from rosa_lightning.modeling.finite_diff import force_bit, gradient_check, logit_grads
 
 
@@ -54,8 +54,9 @@ def test_reconstructed_logit_grads_are_the_branch_backward():
         model.zero_grad()
         loss_fn(model).backward()
         u = lg.u.reshape(-1, 64)
+        grads = lg.grads(layer.rosa.grad_options)
         for x in ("q", "k", "v"):
-            expect = lg.grad[x].reshape(-1, 64).t() @ u
+            expect = grads[x].reshape(-1, 64).t() @ u
             got = getattr(layer.rosa, f"{x}_proj").weight.grad
             assert torch.allclose(got, expect, rtol=1e-4, atol=1e-6), (injection, x)
 
@@ -89,3 +90,15 @@ def test_streams_and_summary():
     assert summary["v"]["pearson"] > 0.9  # first order is accurate for V even at unit-scale e0/e1
     with pytest.raises(ValueError, match="streams"):
         gradient_check(model, rosa_layers(model)[1], loss_fn, streams=("x",))
+
+
+def test_options_change_only_their_stream():
+    model, loss_fn = make()
+    layer = rosa_layers(model)[1]
+    ref = gradient_check(model, layer, loss_fn, num_probes=16, seed=2)
+    matched = gradient_check(model, layer, loss_fn, num_probes=16, seed=2, options=GradOptions(k_credit="matched"))
+    for x in ("q", "k", "v"):
+        np.testing.assert_array_equal(ref.streams[x].fd, matched.streams[x].fd)  # same probes, same forward
+    np.testing.assert_array_equal(ref.streams["q"].est, matched.streams["q"].est)
+    np.testing.assert_array_equal(ref.streams["v"].est, matched.streams["v"].est)
+    assert not np.array_equal(ref.streams["k"].est, matched.streams["k"].est)
