@@ -48,7 +48,13 @@ class RosaLitModule(L.LightningModule):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
-        self.save_hyperparameters(logger=False)
+        # plain containers only, so that checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(_plain({"backbone": backbone, "rosa": rosa, "lr": lr, "weight_decay": weight_decay,
+                                          "stage": stage, "stage_a_tokens": stage_a_tokens,
+                                          "from_scratch": from_scratch, "torch_dtype": torch_dtype,
+                                          "attn_implementation": attn_implementation, "init_from": init_from}),
+                                  logger=False)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
                    "B": {"rosa": 1e-4, "rosa_min": 5e-6, "backbone": 5e-6, "backbone_min": 1e-6}}
         for st, values in dict(lr or {}).items():
@@ -125,14 +131,14 @@ class RosaLitModule(L.LightningModule):
     # ---- optimization -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = parameter_groups(self.model, self.lr[self.stage], self.hparams.weight_decay, self.stage)
-        optimizer = self.hparams.optimizer(params=groups)
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
             return optimizer
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else None
         if total is None:
             raise ValueError("the LR schedule needs a finite run length: set trainer.max_steps or max_epochs")
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=max(1, total - self.global_step))
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(1, total - self.global_step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoint state ---------------------------------------------------------------------
@@ -149,6 +155,21 @@ class RosaLitModule(L.LightningModule):
         if state["stage"] != self.stage:
             self.stage = state["stage"]
             self._apply_stage()
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf nodes and dataclasses (RosaConfig) -> dicts / lists / primitives."""
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,8 +252,9 @@ def build_model(backbone: Any, rosa: Any, *, torch_dtype: Optional[str], attn_im
         spec = OmegaConf.to_container(backbone) if isinstance(backbone, DictConfig) else backbone
         from_scratch = True  # a bare config has no weights to load
     dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
-    return build_rosa_model(spec, rosa, torch_dtype=dtype, attn_implementation=attn_implementation,
-                            from_scratch=from_scratch)
+    model = build_rosa_model(spec, rosa, torch_dtype=dtype, attn_implementation=attn_implementation,
+                             from_scratch=from_scratch)
+    return model.train()  # from_pretrained returns the model in eval mode
 
 
 def load_initial_weights(model: torch.nn.Module, path: str) -> None:

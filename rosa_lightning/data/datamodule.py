@@ -55,6 +55,8 @@ class RosaDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.seq_len = seq_len
         self.train_set = self.val_set = None
+        self._train_loader: Optional[ResumableLoader] = None
+        self._pending_loader_state: Optional[dict] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
@@ -81,8 +83,22 @@ class RosaDataModule(L.LightningDataModule):
         self.setup("fit")
         world, rank = self._replicas()
         sampler = SeededSampler(len(self.train_set), self.seed, self.shuffle, world, rank)
-        return ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                               **self._loader_kwargs())
+        loader = ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                                 **self._loader_kwargs())
+        if self._pending_loader_state is not None:
+            loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        self._train_loader = loader
+        return loader
+
+    # The data position is restored through the DataModule's own checkpoint state: Lightning restores
+    # it before ``configure_optimizers`` (which may build the train loader early to count the steps),
+    # whereas the loader-level state would arrive after that loader was already built.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending_loader_state = state.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")

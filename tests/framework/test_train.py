@@ -1,0 +1,59 @@
+"""Training through the real composition: fast_dev_run, the published recipe on a tiny local backbone,
+loggers finished after a failure, the in-run stage switch, and a Hydra multirun."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rosa_lightning.cli import train
+
+
+def test_fast_dev_run_default_experiment(make_cfg, tmp_path):
+    import wandb
+
+    metrics, objects = train(make_cfg("trainer.fast_dev_run=true"))  # default logger: W&B offline
+    assert math.isfinite(metrics["train/loss"]) and "val/answer_acc" in metrics
+    assert wandb.run is None  # the logger was finished
+    assert (tmp_path / "adapter" / "rosa_adapter.safetensors").exists()
+
+
+def test_longbench_fast_dev_run_on_tiny_local_backbone(make_cfg, tiny_backbone_dir, text_corpus):
+    cfg = make_cfg("experiment=longbench", "trainer.fast_dev_run=true", f"model.backbone={tiny_backbone_dir}",
+                   f"data.source.path={text_corpus}", "data.seq_len=64", "data.num_workers=0", "logger=csv")
+    metrics, objects = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+    model = objects["model"]
+    assert model.stage == "A" and not any(p.requires_grad for n, p in model.model.named_parameters()
+                                          if ".rosa." not in n)
+
+
+def test_failing_job_still_finishes_wandb(make_cfg):
+    import wandb
+
+    cfg = make_cfg("trainer.fast_dev_run=true", "data.seq_len=100", "data.source.task.seq_len=128")
+    with pytest.raises(ValueError, match="seq_len"):
+        train(cfg)
+    assert wandb.run is None
+
+
+def test_stage_b_starts_after_token_budget(make_cfg):
+    # 128-token rows, batch 16: 2048 tokens per step; the switch happens after step 2
+    cfg = make_cfg("train.stage=A", "train.stage_a_tokens=4096", "trainer.max_steps=4", "logger=csv",
+                   "callbacks=none", "trainer.limit_val_batches=0")
+    metrics, objects = train(cfg)
+    module = objects["model"]
+    assert module.stage == "B" and module.stage_started_step == 2
+    names = {g["name"] for g in objects["trainer"].optimizers[0].param_groups}
+    assert names == {"rosa", "rosa_no_decay", "backbone", "backbone_no_decay"}
+    assert metrics["train/stage_b"] == 1.0
+
+
+def test_multirun_sweep(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "train.py"), "-m", "model.rosa.bits=2,4", "trainer.fast_dev_run=true",
+           "logger=csv", "callbacks=none", f"hydra.sweep.dir={tmp_path}", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
