@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM, Qwen3Model
 
+from rosa_lightning.generation.mixin import RosaGenerationMixin
+
 from .branch import RosaBranch, RosaLinear
 from .config import RosaConfig
 from .layer import RosaQwen3DecoderLayer, RosaRuntime, install_rosa_layer
@@ -49,12 +51,13 @@ class RosaQwen3Model(Qwen3Model):
             super()._init_weights(module)
 
 
-class RosaQwen3ForCausalLM(Qwen3ForCausalLM):
+class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
     """Qwen3 causal LM with ROSA branches (and optionally the token channel).
 
     Extra forward kwargs: ``rosa_token_ids`` int [B, T] (-1 = none), the token channel's
     retrieved next-token ids, computed with ``rosa_next_token`` when absent; ``rosa_cache``
-    (generation state, passed through to the ROSA layers).
+    (generation state, passed through to the ROSA layers). ``generate()`` creates and streams that
+    state itself (``rosa_lightning.generation``).
     """
 
     def __init__(self, config) -> None:
