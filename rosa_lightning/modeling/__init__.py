@@ -5,7 +5,8 @@ Public API: ``RosaConfig``, ``build_rosa_model``, ``apply_rosa``, ``windowed_con
 ``is_rosa_parameter``, ``freeze_backbone``), adapters (``save_adapter``, ``load_adapter``), the
 retrieval executor (``RetrievalPipeline``, ``attach_pipeline``) and ``rosa_timing_stats``.
 """
-from .adapters import load_adapter, read_adapter_config, save_adapter
+from .adapters import load_adapter, read_adapter_config, save_adapter, write_adapter_file
+from .convert import convert_published_state_dict
 from .branch import RosaBranch, RosaLinear, RosaTiming
 from .build import build_rosa_model
 from .config import RosaConfig
@@ -20,7 +21,7 @@ from .windowing import apply_window, windowed_config
 __all__ = [
     "GradOptions", "RetrievalHandle", "RetrievalPipeline", "RosaBranch", "RosaConfig", "RosaLinear",
     "RosaQwen3DecoderLayer", "RosaQwen3ForCausalLM", "RosaRuntime", "RosaTiming", "RosaTokenChannel",
-    "apply_rosa", "apply_window", "attach_pipeline", "auto_num_threads", "build_rosa_model", "freeze_backbone",
+    "apply_rosa", "apply_window", "convert_published_state_dict", "attach_pipeline", "auto_num_threads", "build_rosa_model", "freeze_backbone",
     "is_rosa_parameter", "load_adapter", "read_adapter_config", "rosa_layers", "rosa_named_parameters",
-    "rosa_parameters", "rosa_timing_stats", "save_adapter", "windowed_config",
+    "rosa_parameters", "rosa_timing_stats", "save_adapter", "windowed_config", "write_adapter_file",
 ]

@@ -28,16 +28,22 @@ def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike]) -> Path:
     Written to a temporary file in the same directory, then renamed, so a crash never leaves a
     truncated adapter behind. Returns the file path.
     """
-    target = _resolve(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
     if not tensors:
         raise ValueError("model has no ROSA parameters to save (apply_rosa first)")
-    meta = {"rosa_config": json.dumps(model.rosa_runtime.config.to_dict())}
+    return write_adapter_file(tensors, model.rosa_runtime.config, path)
+
+
+def write_adapter_file(tensors: dict[str, torch.Tensor], config: RosaConfig,
+                       path: Union[str, os.PathLike]) -> Path:
+    """Atomically write ROSA ``tensors`` (names as in the model) and ``config`` as an adapter file."""
+    target = _resolve(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"rosa_config": json.dumps(config.to_dict())}
     fd, tmp = tempfile.mkstemp(prefix=".rosa_adapter.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, tmp, metadata=meta)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
