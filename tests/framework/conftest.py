@@ -76,3 +76,17 @@ def text_corpus(tmp_path_factory) -> Path:
         for _ in range(60):
             f.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(20, 80)))}) + "\n")
     return path
+
+
+class FailAtStep:
+    """A callback that raises after training step ``step`` (exception-path tests)."""
+
+    def __new__(cls, step: int = 1):
+        import lightning as L
+
+        class _Fail(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step >= step:
+                    raise RuntimeError("planned failure")
+
+        return _Fail()

@@ -4,6 +4,7 @@ import csv
 import torch
 
 from rosa_lightning.cli import train
+from tests.framework.conftest import compose_cfg
 
 COMMON = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "data.batch_size=8",
           "data.source.num_train=96", "data.seq_len=64", "data.source.task.num_pairs=4",
@@ -15,10 +16,7 @@ def losses(out_dir):
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
-def test_resume_reproduces_uninterrupted_losses(make_cfg, tmp_path, tmp_path_factory):
-    import hydra.core.hydra_config  # noqa: F401
-    from tests.framework.conftest import compose_cfg
-
+def test_resume_reproduces_uninterrupted_losses(tmp_path_factory):
     full_dir, first_dir, resumed_dir = (tmp_path_factory.mktemp(n) for n in ("full", "first", "resumed"))
     train(compose_cfg(full_dir, COMMON + ["trainer.max_steps=16"]))
     train(compose_cfg(first_dir, COMMON + ["trainer.max_steps=6"]))

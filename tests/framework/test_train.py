@@ -15,6 +15,10 @@ def test_fast_dev_run_default_experiment(make_cfg, tmp_path):
 
     metrics, objects = train(make_cfg("trainer.fast_dev_run=true"))  # default logger: W&B offline
     assert math.isfinite(metrics["train/loss"]) and "val/answer_acc" in metrics
+    for key in ("time/data_wait_s", "time/step_s", "rosa/retrieval_cpu_s", "rosa/wait_s", "rosa/overlap_fraction",
+                "train/tokens_seen", "train/ppl", "lr/rosa", "lr/backbone"):
+        assert key in metrics, key
+    assert metrics["rosa/retrieval_cpu_s"] > 0
     assert wandb.run is None  # the logger was finished
     assert (tmp_path / "adapter" / "rosa_adapter.safetensors").exists()
 
@@ -36,6 +40,18 @@ def test_failing_job_still_finishes_wandb(make_cfg):
     with pytest.raises(ValueError, match="seq_len"):
         train(cfg)
     assert wandb.run is None
+
+
+def test_exception_in_training_closes_executor_and_logger(make_cfg):
+    import threading
+
+    import wandb
+
+    cfg = make_cfg("trainer.max_steps=5", "+callbacks.fail._target_=tests.framework.conftest.FailAtStep")
+    with pytest.raises(RuntimeError, match="planned failure"):
+        train(cfg)
+    assert wandb.run is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("rosa-retrieval")]
 
 
 def test_stage_b_starts_after_token_budget(make_cfg):
