@@ -12,9 +12,9 @@ from rosa_lightning.modeling import RosaConfig, build_rosa_model, rosa_layers
 VOCAB = 97
 
 
-def tiny_config(layers: int = 2) -> Qwen3Config:
+def tiny_config(layers: int = 2, vocab_size: int = VOCAB) -> Qwen3Config:
     return Qwen3Config(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                       head_dim=16, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512,
+                       head_dim=16, intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=512,
                        pad_token_id=0)
 
 
