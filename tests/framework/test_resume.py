@@ -7,7 +7,7 @@ from rosa_lightning.cli import train
 from tests.framework.conftest import compose_cfg
 
 COMMON = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "data.batch_size=8",
-          "data.source.num_train=96", "data.seq_len=64", "data.source.task.num_pairs=4",
+          "data.source.num_train=48", "data.seq_len=64", "data.source.task.num_pairs=4",
           "callbacks.model_checkpoint.every_n_train_steps=4", "trainer.max_epochs=2"]
 
 
@@ -18,12 +18,12 @@ def losses(out_dir):
 
 def test_resume_reproduces_uninterrupted_losses(tmp_path_factory):
     full_dir, first_dir, resumed_dir = (tmp_path_factory.mktemp(n) for n in ("full", "first", "resumed"))
-    train(compose_cfg(full_dir, COMMON + ["trainer.max_steps=16"]))
-    train(compose_cfg(first_dir, COMMON + ["trainer.max_steps=6"]))
-    ckpt = first_dir / "checkpoints" / "step0000004.ckpt"  # mid-epoch: 12 batches per epoch
+    train(compose_cfg(full_dir, COMMON + ["trainer.max_steps=10"]))
+    train(compose_cfg(first_dir, COMMON + ["trainer.max_steps=5"]))
+    ckpt = first_dir / "checkpoints" / "step0000004.ckpt"  # mid-epoch: 6 batches per epoch
     assert ckpt.exists()
-    train(compose_cfg(resumed_dir, COMMON + ["trainer.max_steps=16", f"ckpt_path={ckpt}"]))
+    train(compose_cfg(resumed_dir, COMMON + ["trainer.max_steps=10", f"ckpt_path={ckpt}"]))
     full, resumed = losses(full_dir), losses(resumed_dir)
-    assert sorted(resumed) == list(range(4, 16))  # steps 4..15 (0-based), across the epoch boundary
+    assert sorted(resumed) == list(range(4, 10))  # steps 4..9 (0-based), across the epoch boundary
     for step in resumed:
         assert torch.isclose(torch.tensor(resumed[step]), torch.tensor(full[step]), rtol=1e-5, atol=1e-6), step

@@ -73,3 +73,22 @@ def test_multirun_sweep(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_stage_b_run_starts_from_stage_a_checkpoint_or_adapter(tmp_path_factory):
+    import hydra
+    import torch
+
+    from tests.framework.conftest import compose_cfg
+
+    short = ["logger=csv", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+             "callbacks.model_checkpoint.every_n_train_steps=2"]
+    a_dir, b_dir, c_dir = (tmp_path_factory.mktemp(n) for n in ("stage_a", "stage_b", "from_adapter"))
+    _, a = train(compose_cfg(a_dir, short + ["train.stage=A"]))
+    trained = {n: p.detach().clone() for n, p in a["model"].model.named_parameters() if ".rosa." in n}
+    for start, out in ((a_dir / "checkpoints" / "last.ckpt", b_dir), (a_dir / "adapter", c_dir)):
+        cfg = compose_cfg(out, short + ["train.stage=B", f"model.init_from={start}"])
+        module = hydra.utils.instantiate(cfg.model)
+        params = dict(module.model.named_parameters())
+        assert module.stage == "B" and all(p.requires_grad for p in params.values())
+        assert all(torch.equal(params[n], t) for n, t in trained.items())
