@@ -8,6 +8,11 @@ independent of the thread count).
 One per-pair automaton (``Sam``) serves both training (``match``: a fresh state per pair, with
 counterfactuals) and inference (``StreamState``: persistent states fed chunk by chunk).
 
+Layout: state ids, lengths and latest ends are uint16 while a pair's states fit (training at
+T <= 32766; a stream widens to int32 in place when it outgrows them), int32 otherwise; the code is
+written once over the fused type ``idx_t``. A state is a dense transition row (0 = no transition:
+no transition targets the root) plus one 4-field record (link, len, e + 1).
+
 Latest end positions e[v] and context steps have two exact implementations per pair:
 
 * naive: e is updated by a walk from the new state to the root (spec §3.3 step 5) and a step
@@ -21,12 +26,12 @@ Latest end positions e[v] and context steps have two exact implementations per p
 
 A pair starts naive and converts in place to the LCT (O(states)) once its naive chain work exceeds
 a budget linear in the positions consumed, so the worst case stays O(T log T). ``mode`` forces
-either path (used by tests).
+either path, and the MODE_WIDE flag forces int32 ids (used by tests).
 
 Only ``rosa_lightning.retrieval._native`` imports this module.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -35,36 +40,64 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     #endif
+    #if defined(__GNUC__)
+    #define ROSA_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #define ROSA_LIKELY(x) __builtin_expect(!!(x), 1)
+    #define ROSA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #else
+    #define ROSA_PREFETCH(p) ((void)0)
+    #define ROSA_LIKELY(x) (x)
+    #define ROSA_UNLIKELY(x) (x)
+    #endif
     """
+    void prefetch "ROSA_PREFETCH"(const void *p) noexcept nogil
+    bint likely "ROSA_LIKELY"(bint x) noexcept nogil
+    bint unlikely "ROSA_UNLIKELY"(bint x) noexcept nogil
 
 cdef enum:
     MODE_HYBRID = 0
     MODE_NAIVE = 1
     MODE_LCT = 2
+    MODE_PATH_MASK = 3
+    # Flag: use int32 state ids even where uint16 ones fit (tests force the wide layout with it).
+    MODE_WIDE = 4
     # Naive chain work allowed per consumed position (plus a constant) before switching to the LCT.
     WORK_PER_POS = 24
     WORK_SLACK = 4096
+    # uint16 ids: 0xFFFF is the "none" link/LCT pointer, so at most 65535 states (ids 0..65534).
+    NARROW_MAX_STATES = 65535
 
+# State ids, lengths and e + 1 are stored in idx_t: uint16 while a pair's states fit (2x denser
+# tables, the common training case T <= 32766), int32 otherwise.
+ctypedef fused idx_t:
+    uint16_t
+    int32_t
 
-cdef struct StateInfo:
-    int32_t link
-    int32_t slen         # len of the longest string
-    int32_t e            # latest end index (a K-run index); the LCT's node value in LCT mode
-    int32_t pad
+# Per-state fields (in idx_t units). The transition row is a separate dense array: a transition
+# target is never the root, so 0 means "no transition" and a fresh row is all zeros.
+cdef enum:
+    F_LINK = 0      # suffix link, NIL for the root
+    F_LEN = 1       # len of the longest string
+    F_N = 2         # e + 1, e = latest end index (a K-run index); 0 = none. LCT node value.
+    INFO_W = 4      # record width (one field of padding: 8 bytes per state with uint16 ids)
+    # LCT node record
+    L_FA = 0        # splay parent or path parent, NIL = none
+    L_CH = 1        # L_CH + 0, L_CH + 1: splay children
+    L_TAG = 3       # pending "max with" for the splay subtree, 0 = none
+    LCT_W = 4
 
 
 cdef struct Sam:
     int32_t A            # alphabet size 2**bits
     int32_t bits
+    int32_t wide         # 1: int32 ids; 0: uint16 ids
     int64_t cap          # state capacity
     int64_t run_cap      # K-run capacity
     int32_t n_states
     int32_t last
-    int32_t *nxt         # [cap * A] dense transitions, -1 = none
-    StateInfo *info      # link, len, latest end of each state, together in one 16-byte record
-    int32_t *fa          # LCT: splay parent or path parent, -1 = none
-    int32_t *ch          # LCT: [cap * 2] splay children
-    int32_t *tag         # LCT: pending "max with" for the splay subtree, -1 = none
+    void *nxt            # idx_t [cap * A] dense transitions, 0 = none
+    void *info           # idx_t [cap * INFO_W]: link, len, e + 1 of each state in one record
+    void *lctn           # idx_t [cap * LCT_W]: LCT node records (fa, ch0, ch1, tag)
     int32_t *run_start   # [run_cap] start time of each K-run
     int32_t n_runs
     int32_t st           # context state
@@ -73,62 +106,101 @@ cdef struct Sam:
     int32_t lastk
     int32_t nq           # Q-runs seen
     int32_t lct          # 1 once in LCT mode
-    int32_t mode
+    int32_t mode         # MODE_HYBRID / MODE_NAIVE / MODE_LCT
     int64_t length       # positions consumed (absolute time of the next position)
     int64_t skip         # positions with time < skip are padding
     int64_t work         # naive chain steps so far
 
 
-cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap) noexcept nogil:
-    """Allocate arrays; returns 0 on success, -1 when out of memory."""
+cdef inline size_t id_size(Sam *S) noexcept nogil:
+    return sizeof(int32_t) if S.wide else sizeof(uint16_t)
+
+
+cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int with_lct) noexcept nogil:
+    """Allocate arrays (the LCT records only if with_lct; otherwise on the switch to the LCT);
+    returns 0 on success, -1 when out of memory."""
+    cdef size_t z
     S.bits = bits
     S.A = 1 << bits
+    S.wide = 1 if (wide or cap > NARROW_MAX_STATES) else 0
+    z = id_size(S)
     S.cap = cap
     S.run_cap = run_cap
-    S.nxt = <int32_t *> malloc(cap * S.A * sizeof(int32_t))
-    S.info = <StateInfo *> malloc(cap * sizeof(StateInfo))
-    S.fa = <int32_t *> malloc(cap * sizeof(int32_t))
-    S.ch = <int32_t *> malloc(2 * cap * sizeof(int32_t))
-    S.tag = <int32_t *> malloc(cap * sizeof(int32_t))
+    S.nxt = malloc(cap * S.A * z)
+    S.info = malloc(cap * INFO_W * z)
+    S.lctn = malloc(cap * LCT_W * z) if with_lct else NULL
     S.run_start = <int32_t *> malloc(run_cap * sizeof(int32_t))
-    if (S.nxt == NULL or S.info == NULL or S.fa == NULL
-            or S.ch == NULL or S.tag == NULL or S.run_start == NULL):
+    if S.nxt == NULL or S.info == NULL or (with_lct and S.lctn == NULL) or S.run_start == NULL:
         return -1
     return 0
 
 
 cdef void sam_free(Sam *S) noexcept nogil:
-    free(S.nxt); free(S.info)
-    free(S.fa); free(S.ch); free(S.tag); free(S.run_start)
-    S.nxt = NULL; S.info = NULL
-    S.fa = NULL; S.ch = NULL; S.tag = NULL; S.run_start = NULL
+    free(S.nxt); free(S.info); free(S.lctn); free(S.run_start)
+    S.nxt = NULL; S.info = NULL; S.lctn = NULL; S.run_start = NULL
+
+
+cdef int sam_widen(Sam *S) noexcept nogil:
+    """Convert a uint16 pair to int32 ids in place (NIL 0xFFFF becomes -1); 0 or -1 (memory)."""
+    cdef int64_t cap = S.cap, i
+    cdef uint16_t *a16
+    cdef int32_t *a32
+    cdef uint16_t u
+    if S.wide:
+        return 0
+    a16 = <uint16_t *> S.nxt
+    a32 = <int32_t *> malloc(cap * S.A * sizeof(int32_t))
+    if a32 == NULL: return -1
+    for i in range(S.n_states * S.A):
+        a32[i] = a16[i]
+    free(S.nxt); S.nxt = a32
+    a16 = <uint16_t *> S.info
+    a32 = <int32_t *> malloc(cap * INFO_W * sizeof(int32_t))
+    if a32 == NULL: return -1
+    for i in range(S.n_states * INFO_W):
+        u = a16[i]
+        a32[i] = -1 if (i % INFO_W == F_LINK and u == 0xFFFF) else u
+    free(S.info); S.info = a32
+    if S.lctn != NULL:
+        a16 = <uint16_t *> S.lctn
+        a32 = <int32_t *> malloc(cap * LCT_W * sizeof(int32_t))
+        if a32 == NULL: return -1
+        for i in range(S.n_states * LCT_W):
+            u = a16[i]
+            a32[i] = -1 if (i % LCT_W != L_TAG and u == 0xFFFF) else u
+        free(S.lctn); S.lctn = a32
+    S.wide = 1
+    return 0
 
 
 cdef int sam_reserve(Sam *S, int64_t more_positions) noexcept nogil:
-    """Grow capacity so that ``more_positions`` further positions fit (at most 2 states each)."""
+    """Grow capacity so that ``more_positions`` further positions fit (at most 2 states each);
+    widens uint16 ids to int32 when the states could outgrow them."""
     cdef int64_t need = S.n_states + 2 * more_positions + 2
     cdef int64_t need_runs = S.n_runs + more_positions + 1
     cdef int64_t c
+    cdef size_t z
     cdef void *p
+    if not S.wide and need > NARROW_MAX_STATES:
+        if sam_widen(S) != 0:
+            return -1
+    z = id_size(S)
     if need > S.cap:
         c = S.cap * 2
         if c < need:
             c = need
-        p = realloc(S.nxt, c * S.A * sizeof(int32_t))
+        if not S.wide and c > NARROW_MAX_STATES:
+            c = NARROW_MAX_STATES
+        p = realloc(S.nxt, c * S.A * z)
         if p == NULL: return -1
-        S.nxt = <int32_t *> p
-        p = realloc(S.info, c * sizeof(StateInfo))
+        S.nxt = p
+        p = realloc(S.info, c * INFO_W * z)
         if p == NULL: return -1
-        S.info = <StateInfo *> p
-        p = realloc(S.fa, c * sizeof(int32_t))
-        if p == NULL: return -1
-        S.fa = <int32_t *> p
-        p = realloc(S.ch, 2 * c * sizeof(int32_t))
-        if p == NULL: return -1
-        S.ch = <int32_t *> p
-        p = realloc(S.tag, c * sizeof(int32_t))
-        if p == NULL: return -1
-        S.tag = <int32_t *> p
+        S.info = p
+        if S.lctn != NULL:
+            p = realloc(S.lctn, c * LCT_W * z)
+            if p == NULL: return -1
+            S.lctn = p
         S.cap = c
     if need_runs > S.run_cap:
         c = S.run_cap * 2
@@ -141,26 +213,33 @@ cdef int sam_reserve(Sam *S, int64_t more_positions) noexcept nogil:
     return 0
 
 
-cdef inline int32_t new_state(Sam *S, int32_t slen, int32_t link, int32_t e) noexcept nogil:
+cdef inline int32_t new_state(Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t n) noexcept nogil:
     cdef int32_t v = S.n_states
+    cdef idx_t *I = <idx_t *> S.info
+    cdef idx_t *L
     S.n_states += 1
-    memset(S.nxt + <int64_t> v * S.A, 0xFF, S.A * sizeof(int32_t))
-    S.info[v].link = link
-    S.info[v].slen = slen
-    S.info[v].e = e
+    memset(nx + <int64_t> v * S.A, 0, S.A * sizeof(idx_t))
+    I[v * INFO_W + F_LINK] = link
+    I[v * INFO_W + F_LEN] = <idx_t> slen
+    I[v * INFO_W + F_N] = n
     if S.lct:
-        S.fa[v] = -1
-        S.ch[2 * v] = -1
-        S.ch[2 * v + 1] = -1
-        S.tag[v] = -1
+        L = <idx_t *> S.lctn
+        L[v * LCT_W + L_FA] = <idx_t> -1
+        L[v * LCT_W + L_CH] = <idx_t> -1
+        L[v * LCT_W + L_CH + 1] = <idx_t> -1
+        L[v * LCT_W + L_TAG] = 0
     return v
 
 
 cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     """Empty automaton (root only) and a fresh scan state."""
     S.n_states = 0
-    S.lct = 1 if mode == MODE_LCT else 0
-    new_state(S, 0, -1, -1)
+    S.mode = mode & MODE_PATH_MASK
+    S.lct = 1 if S.mode == MODE_LCT else 0
+    if S.wide:
+        new_state(S, <int32_t *> S.nxt, 0, -1, 0)
+    else:
+        new_state(S, <uint16_t *> S.nxt, 0, <uint16_t> 0xFFFF, 0)
     S.last = 0
     S.n_runs = 0
     S.st = 0
@@ -168,253 +247,274 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     S.lastq = -1
     S.lastk = -1
     S.nq = 0
-    S.mode = mode
-    S.lct = 1 if mode == MODE_LCT else 0
     S.length = 0
     S.skip = skip
     S.work = 0
 
 
 # ---------------------------------------------------------------- link-cut tree (rooted, max tags)
+# Node x's record is L[x * LCT_W ...]; its value (e + 1) is I[x * INFO_W + F_N].
 
-cdef inline bint lct_is_root(Sam *S, int32_t x) noexcept nogil:
-    cdef int32_t p = S.fa[x]
-    return p == -1 or (S.ch[2 * p] != x and S.ch[2 * p + 1] != x)
-
-
-cdef inline void lct_apply(Sam *S, int32_t x, int32_t val) noexcept nogil:
-    if x != -1:
-        if S.info[x].e < val:
-            S.info[x].e = val
-        if S.tag[x] < val:
-            S.tag[x] = val
+cdef inline bint lct_is_root(idx_t *L, idx_t x) noexcept nogil:
+    cdef idx_t p = L[x * LCT_W + L_FA]
+    return p == <idx_t> -1 or (L[p * LCT_W + L_CH] != x and L[p * LCT_W + L_CH + 1] != x)
 
 
-cdef inline void lct_push(Sam *S, int32_t x) noexcept nogil:
-    cdef int32_t t = S.tag[x]
-    if t != -1:
-        lct_apply(S, S.ch[2 * x], t)
-        lct_apply(S, S.ch[2 * x + 1], t)
-        S.tag[x] = -1
+cdef inline void lct_apply(idx_t *L, idx_t *I, idx_t x, idx_t val) noexcept nogil:
+    if x != <idx_t> -1:
+        if I[x * INFO_W + F_N] < val:
+            I[x * INFO_W + F_N] = val
+        if L[x * LCT_W + L_TAG] < val:
+            L[x * LCT_W + L_TAG] = val
 
 
-cdef inline void lct_rotate(Sam *S, int32_t x) noexcept nogil:
-    cdef int32_t p = S.fa[x]
-    cdef int32_t g = S.fa[p]
-    cdef int side = 1 if S.ch[2 * p + 1] == x else 0
-    cdef int32_t b = S.ch[2 * x + 1 - side]
-    if not lct_is_root(S, p):
-        if S.ch[2 * g] == p:
-            S.ch[2 * g] = x
+cdef inline void lct_push(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
+    cdef idx_t t = L[x * LCT_W + L_TAG]
+    if t != 0:
+        lct_apply(L, I, L[x * LCT_W + L_CH], t)
+        lct_apply(L, I, L[x * LCT_W + L_CH + 1], t)
+        L[x * LCT_W + L_TAG] = 0
+
+
+cdef inline void lct_rotate(idx_t *L, idx_t x) noexcept nogil:
+    cdef idx_t p = L[x * LCT_W + L_FA]
+    cdef idx_t g = L[p * LCT_W + L_FA]
+    cdef int side = 1 if L[p * LCT_W + L_CH + 1] == x else 0
+    cdef idx_t b = L[x * LCT_W + L_CH + 1 - side]
+    if not lct_is_root(L, p):
+        if L[g * LCT_W + L_CH] == p:
+            L[g * LCT_W + L_CH] = x
         else:
-            S.ch[2 * g + 1] = x
-    S.fa[x] = g
-    S.ch[2 * x + 1 - side] = p
-    S.fa[p] = x
-    S.ch[2 * p + side] = b
-    if b != -1:
-        S.fa[b] = p
+            L[g * LCT_W + L_CH + 1] = x
+    L[x * LCT_W + L_FA] = g
+    L[x * LCT_W + L_CH + 1 - side] = p
+    L[p * LCT_W + L_FA] = x
+    L[p * LCT_W + L_CH + side] = b
+    if b != <idx_t> -1:
+        L[b * LCT_W + L_FA] = p
 
 
-cdef void lct_push_path(Sam *S, int32_t x) noexcept nogil:
+cdef void lct_push_path(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
     """Push pending tags from x's splay root down to x (recursion depth = splay depth)."""
-    if not lct_is_root(S, x):
-        lct_push_path(S, S.fa[x])
-    lct_push(S, x)
+    if not lct_is_root(L, x):
+        lct_push_path(L, I, L[x * LCT_W + L_FA])
+    lct_push(L, I, x)
 
 
-cdef void lct_splay(Sam *S, int32_t x) noexcept nogil:
-    cdef int32_t p, g
-    lct_push_path(S, x)
-    while not lct_is_root(S, x):
-        p = S.fa[x]
-        if not lct_is_root(S, p):
-            g = S.fa[p]
-            if (S.ch[2 * g] == p) == (S.ch[2 * p] == x):
-                lct_rotate(S, p)
+cdef void lct_splay(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
+    cdef idx_t p, g
+    lct_push_path(L, I, x)
+    while not lct_is_root(L, x):
+        p = L[x * LCT_W + L_FA]
+        if not lct_is_root(L, p):
+            g = L[p * LCT_W + L_FA]
+            if (L[g * LCT_W + L_CH] == p) == (L[p * LCT_W + L_CH] == x):
+                lct_rotate(L, p)
             else:
-                lct_rotate(S, x)
-        lct_rotate(S, x)
+                lct_rotate(L, x)
+        lct_rotate(L, x)
 
 
-cdef void lct_access(Sam *S, int32_t x) noexcept nogil:
+cdef void lct_access(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
     """Make the root-to-x path one splay tree with x at its root and no deeper part."""
-    cdef int32_t below = -1
-    cdef int32_t y = x
-    while y != -1:
-        lct_splay(S, y)
-        S.ch[2 * y + 1] = below
+    cdef idx_t below = <idx_t> -1
+    cdef idx_t y = x
+    while y != <idx_t> -1:
+        lct_splay(L, I, y)
+        L[y * LCT_W + L_CH + 1] = below
         below = y
-        y = S.fa[y]
-    lct_splay(S, x)
+        y = L[y * LCT_W + L_FA]
+    lct_splay(L, I, x)
 
 
-cdef void lct_enable(Sam *S) noexcept nogil:
-    """Switch a pair to LCT mode: every suffix link becomes a path-parent pointer."""
+cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
+    """Switch a pair to LCT mode: every suffix link becomes a path-parent pointer. If the LCT
+    records cannot be allocated the pair stays on the naive path (exact, only slower)."""
+    cdef idx_t *I = <idx_t *> S.info
+    cdef idx_t *L
     cdef int32_t v
+    if S.lctn == NULL:
+        S.lctn = malloc(S.cap * LCT_W * sizeof(idx_t))
+        if S.lctn == NULL:
+            S.mode = MODE_NAIVE
+            return
+    L = <idx_t *> S.lctn
     for v in range(S.n_states):
-        S.fa[v] = S.info[v].link
-        S.ch[2 * v] = -1
-        S.ch[2 * v + 1] = -1
-        S.tag[v] = -1
+        L[v * LCT_W + L_FA] = I[v * INFO_W + F_LINK]
+        L[v * LCT_W + L_CH] = <idx_t> -1
+        L[v * LCT_W + L_CH + 1] = <idx_t> -1
+        L[v * LCT_W + L_TAG] = 0
     S.lct = 1
 
 
 # ---------------------------------------------------------------- automaton
 
-cdef inline int32_t get_e(Sam *S, int32_t v) noexcept nogil:
-    if S.lct:
-        lct_splay(S, v)
-    return S.info[v].e
-
-
-cdef void extend(Sam *S, int32_t x, int32_t pos) noexcept nogil:
+cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     """Append symbol x at K-run index pos (spec §3.3 extend)."""
-    cdef int32_t A = S.A
-    cdef int32_t cur = new_state(S, S.info[S.last].slen + 1, -1, -1)
-    cdef int32_t v = S.last
-    cdef int32_t w, clone, ew, left
-    while v != -1 and S.nxt[<int64_t> v * A + x] == -1:
-        S.nxt[<int64_t> v * A + x] = cur
-        v = S.info[v].link
-    if v == -1:
-        S.info[cur].link = 0
+    cdef idx_t *I = <idx_t *> S.info
+    cdef idx_t *L = <idx_t *> S.lctn
+    cdef int64_t A = S.A
+    cdef idx_t NIL = <idx_t> -1
+    cdef idx_t cur = <idx_t> new_state(S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
+    cdef idx_t v = <idx_t> S.last
+    cdef idx_t w, clone, left
+    while v != NIL and nx[v * A + x] == 0:
+        nx[v * A + x] = cur
+        v = I[v * INFO_W + F_LINK]
+    if v == NIL:
+        I[cur * INFO_W + F_LINK] = 0
     else:
-        w = S.nxt[<int64_t> v * A + x]
-        if S.info[v].slen + 1 == S.info[w].slen:
-            S.info[cur].link = w
+        w = nx[v * A + x]
+        if I[v * INFO_W + F_LEN] + 1 == I[w * INFO_W + F_LEN]:
+            I[cur * INFO_W + F_LINK] = w
         else:
             if S.lct:
                 # Cut w from its parent; access(w) also makes e[w] exact.
-                lct_access(S, w)
-                left = S.ch[2 * w]
-                S.fa[left] = -1
-                S.ch[2 * w] = -1
-            ew = S.info[w].e
-            clone = new_state(S, S.info[v].slen + 1, S.info[w].link, ew)
-            memcpy(S.nxt + <int64_t> clone * A, S.nxt + <int64_t> w * A, A * sizeof(int32_t))
-            while v != -1 and S.nxt[<int64_t> v * A + x] == w:
-                S.nxt[<int64_t> v * A + x] = clone
-                v = S.info[v].link
-            S.info[w].link = clone
-            S.info[cur].link = clone
+                lct_access(L, I, w)
+                left = L[w * LCT_W + L_CH]
+                L[left * LCT_W + L_FA] = NIL
+                L[w * LCT_W + L_CH] = NIL
+            clone = <idx_t> new_state(S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
+                                      I[w * INFO_W + F_N])
+            memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))
+            while v != NIL and nx[v * A + x] == w:
+                nx[v * A + x] = clone
+                v = I[v * INFO_W + F_LINK]
+            I[w * INFO_W + F_LINK] = clone
+            I[cur * INFO_W + F_LINK] = clone
             if S.lct:
-                S.fa[clone] = S.info[clone].link
-                S.fa[w] = clone
+                L[clone * LCT_W + L_FA] = I[clone * INFO_W + F_LINK]
+                L[w * LCT_W + L_FA] = clone
     S.last = cur
     if S.lct:
-        S.fa[cur] = S.info[cur].link
-        lct_access(S, cur)
-        lct_apply(S, cur, pos)
+        L[cur * LCT_W + L_FA] = I[cur * INFO_W + F_LINK]
+        lct_access(L, I, cur)
+        lct_apply(L, I, cur, <idx_t> (pos + 1))
     else:
         v = cur
-        while v != -1:
-            S.info[v].e = pos
-            v = S.info[v].link
+        while v != NIL:
+            I[v * INFO_W + F_N] = <idx_t> (pos + 1)
+            v = I[v * INFO_W + F_LINK]
             S.work += 1
 
 
-cdef inline int32_t step(Sam *S, int32_t v, int32_t x) noexcept nogil:
-    """Spec §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one."""
-    cdef int32_t A = S.A
-    cdef int32_t y, best
-    if S.nxt[x] == -1:                      # the root lies on every chain: O(1) failure
-        return -1
-    if S.nxt[<int64_t> v * A + x] != -1:
-        return S.nxt[<int64_t> v * A + x]
-    if not S.lct:
-        v = S.info[v].link
-        while S.nxt[<int64_t> v * A + x] == -1:
-            v = S.info[v].link
-            S.work += 1
-        return S.nxt[<int64_t> v * A + x]
-    lct_access(S, v)
-    y = v
-    best = 0
-    while y != -1:
-        v = y                             # splaying the deepest visited node pays for the descent
-        if S.nxt[<int64_t> y * A + x] != -1:
+cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *nx, int64_t A, idx_t *top, int32_t x) noexcept nogil:
+    """In the splay tree of an accessed root path (rooted at top[0]), the deepest node having an
+    x-transition (the root always has one here). top[0] becomes the deepest node visited, which the
+    caller splays to pay for the descent."""
+    cdef idx_t y = top[0]
+    cdef idx_t best = 0
+    while y != <idx_t> -1:
+        top[0] = y
+        if nx[y * A + x] != 0:
             best = y
-            y = S.ch[2 * y + 1]
+            y = L[y * LCT_W + L_CH + 1]
         else:
-            y = S.ch[2 * y]
-    lct_splay(S, v)
-    return S.nxt[<int64_t> best * A + x]
+            y = L[y * LCT_W + L_CH]
+    return best
 
 
-cdef inline int32_t dest_time(Sam *S, int32_t ns) noexcept nogil:
+cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
+    """Spec §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one;
+    0 = none (a transition never targets the root)."""
+    cdef idx_t *I = <idx_t *> S.info
+    cdef idx_t *L
+    cdef int64_t A = S.A
+    cdef idx_t u = <idx_t> v, best, top
+    if nx[x] == 0:                          # the root lies on every chain: O(1) failure
+        return 0
+    if likely(nx[u * A + x] != 0):
+        return nx[u * A + x]
+    if not S.lct:
+        u = I[u * INFO_W + F_LINK]
+        while nx[u * A + x] == 0:
+            u = I[u * INFO_W + F_LINK]
+            S.work += 1
+        return nx[u * A + x]
+    L = <idx_t *> S.lctn
+    lct_access(L, I, u)
+    top = u
+    best = lct_deepest_with(L, nx, A, &top, x)
+    lct_splay(L, I, top)
+    return nx[best * A + x]
+
+
+cdef inline int32_t dest_time(Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
     """Start time of the run after the latest end of state ns, or -1 (not visible / no state)."""
+    cdef idx_t *I = <idx_t *> S.info
     cdef int32_t n
-    if ns == -1:
+    if ns == 0:
         return -1
-    n = get_e(S, ns) + 1
+    if S.lct:
+        lct_splay(<idx_t *> S.lctn, I, <idx_t> ns)
+    n = I[ns * INFO_W + F_N]
     if n < S.n_runs:
         return S.run_start[n]
     return -1
 
 
-cdef void probe_flips(Sam *S, int32_t v, int32_t a, int32_t *out) noexcept nogil:
+cdef void probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, int32_t *out) noexcept nogil:
     """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
 
     Naive mode walks v's suffix-link chain once for all bits (one transition row per state)."""
-    cdef int32_t A = S.A
+    cdef idx_t *I = <idx_t *> S.info
+    cdef idx_t *L
+    cdef int64_t A = S.A
     cdef int32_t bits = S.bits
     cdef int32_t ns[8]
-    cdef int32_t j, x
+    cdef int32_t j, x, n
     cdef int32_t pending = 0
-    cdef const int32_t *row
-    cdef int32_t top = -1, y, best
-    if S.lct:
-        # One access of v serves every probe: splaying within v's root-path tree keeps its nodes.
-        for j in range(bits):
-            x = a ^ (1 << j)
-            ns[j] = S.nxt[<int64_t> v * A + x]
-            if ns[j] != -1 or S.nxt[x] == -1:
-                continue
-            if top == -1:
-                lct_access(S, v)
-                top = v
-            y = top
-            best = 0
-            while y != -1:
-                top = y                   # splaying the deepest visited node pays for the descent
-                if S.nxt[<int64_t> y * A + x] != -1:
-                    best = y
-                    y = S.ch[2 * y + 1]
-                else:
-                    y = S.ch[2 * y]
-            lct_splay(S, top)
-            ns[j] = S.nxt[<int64_t> best * A + x]
-        for j in range(bits):
-            out[j] = dest_time(S, ns[j])
-        return
-    row = S.nxt + <int64_t> v * A
+    cdef const idx_t *row = nx + <int64_t> v * A
+    cdef idx_t u, top, best
+    cdef int32_t accessed = 0
     for j in range(bits):
         x = a ^ (1 << j)
         ns[j] = row[x]
-        if ns[j] == -1 and S.nxt[x] != -1:     # not at v, but the root has it: walk
+        if ns[j] == 0 and nx[x] != 0:       # not at v, but the root has it: look up the chain
             pending |= 1 << j
-    while pending:
-        v = S.info[v].link
-        S.work += 1
-        row = S.nxt + <int64_t> v * A
+    if pending:
+        if S.lct:
+            # One access of v serves every probe: splaying within v's root-path tree keeps its nodes.
+            L = <idx_t *> S.lctn
+            lct_access(L, I, <idx_t> v)
+            top = <idx_t> v
+            for j in range(bits):
+                if (pending >> j) & 1:
+                    x = a ^ (1 << j)
+                    best = lct_deepest_with(L, nx, A, &top, x)
+                    lct_splay(L, I, top)
+                    ns[j] = nx[best * A + x]
+        else:
+            u = <idx_t> v
+            while pending:
+                u = I[u * INFO_W + F_LINK]
+                S.work += 1
+                row = nx + u * A
+                for j in range(bits):
+                    if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
+                        ns[j] = row[a ^ (1 << j)]
+                        pending &= ~(1 << j)
+    if S.lct:
         for j in range(bits):
-            if (pending >> j) & 1 and row[a ^ (1 << j)] != -1:
-                ns[j] = row[a ^ (1 << j)]
-                pending &= ~(1 << j)
+            out[j] = dest_time(S, nx, ns[j])
+        return
+    # Naive: the e reads are independent loads; issue them all before the run-start reads.
     for j in range(bits):
-        out[j] = dest_time(S, ns[j])
+        prefetch(&I[ns[j] * INFO_W])
+    for j in range(bits):
+        n = I[ns[j] * INFO_W + F_N]
+        out[j] = S.run_start[n] if (ns[j] != 0 and n < S.n_runs) else -1
 
 
-cdef void scan_pair(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
-               int32_t *tau, int32_t *cf) noexcept nogil:
+cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
+                    int32_t *tau, int32_t *cf) noexcept nogil:
     """Consume n positions (spec §3.3 scan body); writes tau[0..n) and, if cf != NULL, the
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
     cdef int64_t i
-    cdef int32_t a, x, ns, j
+    cdef int32_t a, x, ns
     cdef int32_t bits = S.bits
     for i in range(n):
-        if S.length < S.skip:
+        if unlikely(S.length < S.skip):
             tau[i] = -1
             S.length += 1
             continue
@@ -423,27 +523,35 @@ cdef void scan_pair(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
             S.lastk = x
             S.run_start[S.n_runs] = <int32_t> S.length
             S.n_runs += 1
-            extend(S, x, S.n_runs - 1)
+            extend(S, nx, x, S.n_runs - 1)
         a = q[i]
         if a != S.lastq:
             S.lastq = a
             S.adv = 0
             if cf != NULL:
-                probe_flips(S, S.st, a, cf + <int64_t> S.nq * bits)
+                probe_flips(S, nx, S.st, a, cf + <int64_t> S.nq * bits)
             S.nq += 1
         if S.adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
-            tau[i] = dest_time(S, S.nxt[a])
+            tau[i] = dest_time(S, nx, nx[a])
         else:
-            ns = step(S, S.st, a)
-            tau[i] = dest_time(S, ns)
-            if ns != -1:
+            ns = step(S, nx, S.st, a)
+            tau[i] = dest_time(S, nx, ns)
+            if ns != 0:
                 S.st = ns
                 S.adv = 1
         S.length += 1
         if not S.lct and S.mode == MODE_HYBRID:
-            if S.work > WORK_SLACK + WORK_PER_POS * S.length:
-                lct_enable(S)
+            if unlikely(S.work > WORK_SLACK + WORK_PER_POS * S.length):
+                lct_enable(S, nx)
+
+
+cdef inline void scan_any(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
+                          int32_t *tau, int32_t *cf) noexcept nogil:
+    if S.wide:
+        scan_pair(S, <int32_t *> S.nxt, q, k, n, tau, cf)
+    else:
+        scan_pair(S, <uint16_t *> S.nxt, q, k, n, tau, cf)
 
 
 # ---------------------------------------------------------------- batched training entry points
@@ -507,7 +615,8 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
         free(arenas); free(kbufs)
         raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
     for tid in range(nthreads):
-        if sam_alloc(&arenas[tid], bits, 2 * T + 2, T + 1) != 0:
+        if sam_alloc(&arenas[tid], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
+                     (mode & MODE_PATH_MASK) != MODE_NAIVE) != 0:
             failed = 1
     if failed:
         for tid in range(nthreads):
@@ -528,7 +637,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
             cfp = NULL
             if want_cf:
                 cfp = &cf[pair * nq_max * bits]
-            scan_pair(&arenas[tid], &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
+            scan_any(&arenas[tid], &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
             if want_cf:
                 for i in range(arenas[tid].nq * bits, nq_max * bits):
                     cfp[i] = -1
@@ -557,7 +666,8 @@ cdef class StreamState:
         if self.sams == NULL:
             raise MemoryError("RosaStream: cannot allocate the stream states")
         for p in range(n_pairs):
-            if sam_alloc(&self.sams[p], bits, 16, 8) != 0:
+            if sam_alloc(&self.sams[p], bits, 16, 8, mode & MODE_WIDE,
+                         (mode & MODE_PATH_MASK) == MODE_LCT) != 0:
                 raise MemoryError("RosaStream: cannot allocate the stream states")
             sam_reset(&self.sams[p], mode, 0)
 
@@ -597,19 +707,29 @@ cdef class StreamState:
                 r = pair % R
                 gather(&q[b, 0, r], R, Tc, bufs + 2 * tid * Tc)
                 gather(&k[b, 0, r], R, Tc, bufs + (2 * tid + 1) * Tc)
-                scan_pair(&self.sams[pair], bufs + 2 * tid * Tc, bufs + (2 * tid + 1) * Tc, Tc,
-                     &tau[b, r, 0], NULL)
+                scan_any(&self.sams[pair], bufs + 2 * tid * Tc, bufs + (2 * tid + 1) * Tc, Tc,
+                         &tau[b, r, 0], NULL)
         free(bufs)
 
     def nbytes(self):
-        """Bytes of persistent state actually in use (states and K-runs, not spare capacity)."""
+        """Bytes of persistent state actually in use (states and K-runs, not spare capacity):
+        per state the transition row and the record, plus the LCT record once a pair uses it."""
         cdef int64_t p, total = 0
         cdef int64_t per_state
+        cdef Sam *S
         for p in range(self.n_pairs):
-            per_state = (self.sams[p].A + 8) * sizeof(int32_t)
-            total += self.sams[p].n_states * per_state + self.sams[p].n_runs * sizeof(int32_t)
+            S = &self.sams[p]
+            per_state = (S.A + INFO_W + (LCT_W if S.lctn != NULL else 0)) * id_size(S)
+            total += S.n_states * per_state + S.n_runs * sizeof(int32_t)
             total += sizeof(Sam)
         return total
+
+    def wide_pairs(self):
+        """Number of pairs whose state ids are int32 (the rest use uint16)."""
+        cdef int64_t p, n = 0
+        for p in range(self.n_pairs):
+            n += self.sams[p].wide
+        return n
 
     def lct_pairs(self):
         """Number of pairs that switched to the link-cut-tree path."""

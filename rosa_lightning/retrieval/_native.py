@@ -5,6 +5,8 @@ from . import _sam
 MODE_HYBRID = 0
 MODE_NAIVE = 1
 MODE_LCT = 2
+# Flag (or-ed into a mode): int32 state ids even where uint16 ones fit.
+MODE_WIDE = 4
 
 gather_queries = _sam.gather_queries
 match = _sam.match

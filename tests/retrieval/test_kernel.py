@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rosa_lightning.retrieval import rosa_match
-from rosa_lightning.retrieval._native import MODE_HYBRID, MODE_LCT, MODE_NAIVE
+from rosa_lightning.retrieval._native import MODE_HYBRID, MODE_LCT, MODE_NAIVE, MODE_WIDE
 from rosa_lightning.retrieval.reference import (
     flipped_cf_times,
     scan_pair_oracle,
@@ -16,7 +16,9 @@ from ._gen import KINDS, make_pair
 from ._vectors import load_cases
 
 CASES = load_cases()
-MODES = {"hybrid": MODE_HYBRID, "naive": MODE_NAIVE, "lct": MODE_LCT}
+# uint16 state ids are the default at these lengths; MODE_WIDE forces the int32 layout.
+MODES = {"hybrid": MODE_HYBRID, "naive": MODE_NAIVE, "lct": MODE_LCT,
+         "naive_wide": MODE_NAIVE | MODE_WIDE, "lct_wide": MODE_LCT | MODE_WIDE}
 
 
 def run_pair(q, k, bits, mode=MODE_HYBRID, want_cf=True):
@@ -104,3 +106,19 @@ def test_periodic_16k_vs_reference(shifted):
     expected = scan_pair_reference(q.tolist(), k.tolist(), bits)
     for mode in (MODE_HYBRID, MODE_LCT):
         assert_matches(run_pair(q, k, bits, mode), expected, q.tolist(), bits)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "periodic"])
+def test_wide_ids_beyond_uint16(kind):
+    """T > 32766 runs on int32 ids; on its leading part the uint16 layout gives the same result."""
+    T, bits = 40000, 4
+    q, k = make_pair(kind, T, bits, np.random.default_rng(5))
+    full = run_pair(q, k, bits)
+    head = 30000
+    narrow = run_pair(q[:head], k[:head], bits)
+    assert np.array_equal(full.tau[0, 0, :head].numpy(), narrow.tau[0, 0].numpy())
+    nq = int(narrow.num_q_runs[0, 0])
+    assert np.array_equal(full.cf[0, 0, :nq].numpy(), narrow.cf[0, 0, :nq].numpy())
+    wide = run_pair(q[:head], k[:head], bits, MODE_HYBRID | MODE_WIDE)
+    assert np.array_equal(wide.tau.numpy(), narrow.tau.numpy())
+    assert np.array_equal(wide.cf.numpy(), narrow.cf.numpy())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rosa_lightning.retrieval import RosaStream, rosa_match
-from rosa_lightning.retrieval._native import MODE_HYBRID, MODE_LCT, MODE_NAIVE
+from rosa_lightning.retrieval._native import MODE_HYBRID, MODE_LCT, MODE_NAIVE, MODE_WIDE
 
 from .test_match_api import batch
 
@@ -24,7 +24,8 @@ def random_sizes(T, rng):
     return sizes
 
 
-@pytest.mark.parametrize("mode", [MODE_HYBRID, MODE_NAIVE, MODE_LCT], ids=["hybrid", "naive", "lct"])
+@pytest.mark.parametrize("mode", [MODE_HYBRID, MODE_NAIVE, MODE_LCT, MODE_NAIVE | MODE_WIDE, MODE_LCT | MODE_WIDE],
+                         ids=["hybrid", "naive", "lct", "naive_wide", "lct_wide"])
 def test_chunking_invariance(mode):
     q, k = batch(T=250, seed=11)
     expected = rosa_match(q, k, 3, want_cf=False).tau
@@ -70,6 +71,28 @@ def test_long_periodic_stream_switches_path():
     assert stream._state.lct_pairs() == 1
     per_token = stream.nbytes() / T
     assert per_token < 2 * (4 + 7) * 4 + 16
+
+
+@pytest.mark.parametrize("mode", [MODE_HYBRID, MODE_LCT], ids=["hybrid", "lct"])
+def test_stream_widens_ids_in_place(mode):
+    """A stream starts on uint16 ids and converts to int32 in place once its states could
+    outgrow them; the result stays equal to the batch scan (which is int32 at this length)."""
+    T = 50000
+    rng = np.random.default_rng(7)
+    q = rng.integers(0, 16, (1, T, 2)).astype(np.uint8)
+    k = rng.integers(0, 16, (1, T, 2)).astype(np.uint8)
+    k[0, :, 1] = np.resize([3, 1, 4, 1, 5, 9, 2, 6], T)      # periodic: the LCT path in hybrid
+    q[0, :, 1] = np.roll(k[0, :, 1], -1)
+    expected = rosa_match(q, k, 4, want_cf=False).tau
+    stream = RosaStream(1, 2, 4, num_threads=1, _mode=mode)
+    got = [stream.scan(q[:, :20000], k[:, :20000])]
+    assert stream._state.wide_pairs() == 0
+    for t in range(20000, 25000, 1000):
+        got.append(stream.scan(q[:, t:t + 1000], k[:, t:t + 1000]))
+    assert stream._state.wide_pairs() == 0
+    got.append(stream.scan(q[:, 25000:], k[:, 25000:]))     # 2 * 25000 more states could not fit
+    assert stream._state.wide_pairs() == 2
+    assert torch.equal(torch.cat(got, dim=2), expected)
 
 
 def test_bad_input():
