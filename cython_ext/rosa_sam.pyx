@@ -31,7 +31,7 @@ either path, and the MODE_WIDE flag forces int32 ids (used by tests).
 Only ``rosa_lightning.retrieval._native`` imports this module.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -42,15 +42,18 @@ cdef extern from *:
     #endif
     #if defined(__GNUC__)
     #define ROSA_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #define ROSA_CTZ(x) __builtin_ctz(x)
     #define ROSA_LIKELY(x) __builtin_expect(!!(x), 1)
     #define ROSA_UNLIKELY(x) __builtin_expect(!!(x), 0)
     #else
     #define ROSA_PREFETCH(p) ((void)0)
+    static int ROSA_CTZ(unsigned x) { int n = 0; while (!(x & 1u)) { x >>= 1; n++; } return n; }
     #define ROSA_LIKELY(x) (x)
     #define ROSA_UNLIKELY(x) (x)
     #endif
     """
     void prefetch "ROSA_PREFETCH"(const void *p) noexcept nogil
+    int ctz "ROSA_CTZ"(uint32_t x) noexcept nogil
     bint likely "ROSA_LIKELY"(bint x) noexcept nogil
     bint unlikely "ROSA_UNLIKELY"(bint x) noexcept nogil
 
@@ -79,7 +82,10 @@ cdef enum:
     F_LINK = 0      # suffix link, NIL for the root
     F_LEN = 1       # len of the longest string
     F_N = 2         # e + 1, e = latest end index (a K-run index); 0 = none. LCT node value.
-    INFO_W = 4      # record width (one field of padding: 8 bytes per state with uint16 ids)
+    F_MASK = 3      # bits <= 4: bit x set iff the state has an x-transition (chain walks read
+                    # only this record, not transition rows); unused for bits > 4
+    INFO_W = 4      # record width: 8 bytes per state with uint16 ids
+    MASK_MAX_A = 16 # largest alphabet whose presence mask fits a uint16 field
     # LCT node record
     L_FA = 0        # splay parent or path parent, NIL = none
     L_CH = 1        # L_CH + 0, L_CH + 1: splay children
@@ -222,6 +228,7 @@ cdef inline int32_t new_state(Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t
     I[v * INFO_W + F_LINK] = link
     I[v * INFO_W + F_LEN] = <idx_t> slen
     I[v * INFO_W + F_N] = n
+    I[v * INFO_W + F_MASK] = 0
     if S.lct:
         L = <idx_t *> S.lctn
         L[v * LCT_W + L_FA] = <idx_t> -1
@@ -358,8 +365,11 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     cdef idx_t cur = <idx_t> new_state(S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
     cdef idx_t v = <idx_t> S.last
     cdef idx_t w, clone, left
+    cdef int64_t steps
     while v != NIL and nx[v * A + x] == 0:
         nx[v * A + x] = cur
+        if A <= MASK_MAX_A:
+            I[v * INFO_W + F_MASK] |= <idx_t> (1 << x)
         v = I[v * INFO_W + F_LINK]
     if v == NIL:
         I[cur * INFO_W + F_LINK] = 0
@@ -377,6 +387,7 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
             clone = <idx_t> new_state(S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
                                       I[w * INFO_W + F_N])
             memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))
+            I[clone * INFO_W + F_MASK] = I[w * INFO_W + F_MASK]
             while v != NIL and nx[v * A + x] == w:
                 nx[v * A + x] = clone
                 v = I[v * INFO_W + F_LINK]
@@ -392,13 +403,22 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
         lct_apply(L, I, cur, <idx_t> (pos + 1))
     else:
         v = cur
+        steps = 0
         while v != NIL:
             I[v * INFO_W + F_N] = <idx_t> (pos + 1)
             v = I[v * INFO_W + F_LINK]
-            S.work += 1
+            steps += 1
+        S.work += steps
 
 
-cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *nx, int64_t A, idx_t *top, int32_t x) noexcept nogil:
+cdef inline bint has_trans(idx_t *nx, idx_t *I, int64_t A, idx_t y, int32_t x) noexcept nogil:
+    if A <= MASK_MAX_A:
+        return (I[y * INFO_W + F_MASK] >> x) & 1
+    return nx[y * A + x] != 0
+
+
+cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx_t *top,
+                                   int32_t x) noexcept nogil:
     """In the splay tree of an accessed root path (rooted at top[0]), the deepest node having an
     x-transition (the root always has one here). top[0] becomes the deepest node visited, which the
     caller splays to pay for the descent."""
@@ -406,7 +426,7 @@ cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *nx, int64_t A, idx_t *top, i
     cdef idx_t best = 0
     while y != <idx_t> -1:
         top[0] = y
-        if nx[y * A + x] != 0:
+        if has_trans(nx, I, A, y, x):
             best = y
             y = L[y * LCT_W + L_CH + 1]
         else:
@@ -427,14 +447,14 @@ cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil
         return nx[u * A + x]
     if not S.lct:
         u = I[u * INFO_W + F_LINK]
-        while nx[u * A + x] == 0:
+        while not has_trans(nx, I, A, u, x):
             u = I[u * INFO_W + F_LINK]
             S.work += 1
         return nx[u * A + x]
     L = <idx_t *> S.lctn
     lct_access(L, I, u)
     top = u
-    best = lct_deepest_with(L, nx, A, &top, x)
+    best = lct_deepest_with(L, I, nx, A, &top, x)
     lct_splay(L, I, top)
     return nx[best * A + x]
 
@@ -453,10 +473,13 @@ cdef inline int32_t dest_time(Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
     return -1
 
 
-cdef void probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, int32_t *out) noexcept nogil:
+cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips,
+                        int32_t *out) noexcept nogil:
     """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
 
-    Naive mode walks v's suffix-link chain once for all bits (one transition row per state)."""
+    Naive mode walks v's suffix-link chain once for all bits. With presence masks (bits <= 4,
+    ``flips`` = the set of flipped symbols) the same walk also resolves step(v, a), returned (0 =
+    none); otherwise returns -1 (not computed)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
     cdef int64_t A = S.A
@@ -466,7 +489,35 @@ cdef void probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, int32_t *out) noe
     cdef int32_t pending = 0
     cdef const idx_t *row = nx + <int64_t> v * A
     cdef idx_t u, top, best
-    cdef int32_t accessed = 0
+    cdef uint32_t pend, hit
+    cdef int32_t nsx[MASK_MAX_A]
+    if A <= MASK_MAX_A and not S.lct:
+        # Naive path on presence masks: symbol sets instead of per-bit loops, one 8-byte record
+        # per chain state; a flipped symbol is found somewhere on the chain iff the root has it.
+        flips |= 1u << a
+        u = <idx_t> v
+        hit = flips & I[u * INFO_W + F_MASK]
+        pend = flips & ~hit & I[F_MASK]
+        while True:
+            while hit:
+                x = ctz(hit)
+                hit &= hit - 1
+                nsx[x] = nx[u * A + x]
+            if not pend:
+                break
+            u = I[u * INFO_W + F_LINK]
+            S.work += 1
+            hit = I[u * INFO_W + F_MASK] & pend
+            pend &= ~hit
+        flips &= I[F_MASK]
+        for j in range(bits):
+            x = a ^ (1 << j)
+            if (flips >> x) & 1:
+                n = I[nsx[x] * INFO_W + F_N]
+                out[j] = S.run_start[n] if n < S.n_runs else -1
+            else:
+                out[j] = -1
+        return nsx[a] if (flips >> a) & 1 else 0
     for j in range(bits):
         x = a ^ (1 << j)
         ns[j] = row[x]
@@ -481,7 +532,7 @@ cdef void probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, int32_t *out) noe
             for j in range(bits):
                 if (pending >> j) & 1:
                     x = a ^ (1 << j)
-                    best = lct_deepest_with(L, nx, A, &top, x)
+                    best = lct_deepest_with(L, I, nx, A, &top, x)
                     lct_splay(L, I, top)
                     ns[j] = nx[best * A + x]
         else:
@@ -494,16 +545,9 @@ cdef void probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, int32_t *out) noe
                     if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
                         ns[j] = row[a ^ (1 << j)]
                         pending &= ~(1 << j)
-    if S.lct:
-        for j in range(bits):
-            out[j] = dest_time(S, nx, ns[j])
-        return
-    # Naive: the e reads are independent loads; issue them all before the run-start reads.
     for j in range(bits):
-        prefetch(&I[ns[j] * INFO_W])
-    for j in range(bits):
-        n = I[ns[j] * INFO_W + F_N]
-        out[j] = S.run_start[n] if (ns[j] != 0 and n < S.n_runs) else -1
+        out[j] = dest_time(S, nx, ns[j])
+    return -1
 
 
 cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
@@ -511,8 +555,14 @@ cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64
     """Consume n positions (spec §3.3 scan body); writes tau[0..n) and, if cf != NULL, the
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
     cdef int64_t i
-    cdef int32_t a, x, ns
+    cdef int32_t a, x, ns, pre, j
     cdef int32_t bits = S.bits
+    cdef uint32_t flipset[MASK_MAX_A]
+    if S.A <= MASK_MAX_A:
+        for a in range(S.A):
+            flipset[a] = 0
+            for j in range(bits):
+                flipset[a] |= 1u << (a ^ (1 << j))
     for i in range(n):
         if unlikely(S.length < S.skip):
             tau[i] = -1
@@ -528,10 +578,17 @@ cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64
         if a != S.lastq:
             S.lastq = a
             S.adv = 0
+            pre = -1
             if cf != NULL:
-                probe_flips(S, nx, S.st, a, cf + <int64_t> S.nq * bits)
+                pre = probe_flips(S, nx, S.st, a, flipset[a] if S.A <= MASK_MAX_A else 0,
+                                  cf + <int64_t> S.nq * bits)
             S.nq += 1
-        if S.adv:
+            ns = pre if pre >= 0 else step(S, nx, S.st, a)
+            tau[i] = dest_time(S, nx, ns)
+            if ns != 0:
+                S.st = ns
+                S.adv = 1
+        elif S.adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
             tau[i] = dest_time(S, nx, nx[a])
         else:
