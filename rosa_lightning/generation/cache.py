@@ -35,10 +35,12 @@ class _LayerState:
     def __init__(self, batch: int, routes: int, bits: int, num_threads: int) -> None:
         self.stream = RosaStream(batch, routes, bits, num_threads)
         self.values = ValueStore(batch, routes)
+        self.branch: dict = {}  # streamed state of the branch's input options (``branch_inputs``)
 
     def reset(self) -> None:
         self.stream.reset()
         self.values.reset()
+        self.branch = {}
 
 
 class RosaGenerationCache:
@@ -182,6 +184,14 @@ class RosaGenerationCache:
         start = self.start if past == 0 else None
         tau = state.stream.scan(q_sym.detach().cpu(), k_sym.detach().cpu(), start=start)
         return tau, state.values.gather(tau)
+
+    def branch_state(self, layer_idx: int) -> dict:
+        """Mutable per-layer dict for the branch's own streamed state (the input options of
+        ``rosa_lightning.modeling.branch_inputs``: previous input, running sums); emptied by ``reset``."""
+        state = self._states.get(layer_idx)
+        if state is None:
+            raise ValueError(f"layer {layer_idx} has no ROSA state in this cache (ROSA layers {self.layers})")
+        return state.branch
 
     # ---- memory ------------------------------------------------------------------------------
     def nbytes(self) -> dict[str, int]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .branch_function import RosaBranchFunction
+from .branch_inputs import InputOptions, branch_inputs
 from .counterfactual import GradOptions
 from .symbols import gather_time, pack_symbols
 
@@ -54,8 +55,9 @@ class RosaLinear(nn.Module):
             else:
                 self.weight.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x @ weight^T; ``weight`` None = this module's own weight (another one: a tied projection)."""
+        return F.linear(x, self.weight if weight is None else weight)
 
 
 @dataclass
@@ -85,18 +87,20 @@ class PendingRetrieval:
     handle: Any = None  # pipeline handle, or None when the result is already known
     tau: Optional[torch.Tensor] = None
     v_at_tau: Optional[torch.Tensor] = None
+    u_kv: Optional[torch.Tensor] = None  # input of K/V when it differs from u (input options)
 
 
 class RosaBranch(nn.Module):
     """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (spec §2.4)."""
 
     def __init__(self, hidden_size: int, bits: int, grad_options: GradOptions = GradOptions(),
-                 dtype=None, device=None) -> None:
+                 dtype=None, device=None, input_options: InputOptions = InputOptions()) -> None:
         super().__init__()
         if hidden_size % bits:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by bits={bits}")
         self.bits = bits
         self.grad_options = grad_options
+        self.input_options = input_options
         self.q_proj = RosaLinear(hidden_size, "xavier", dtype, device)
         self.k_proj = RosaLinear(hidden_size, "xavier", dtype, device)
         self.v_proj = RosaLinear(hidden_size, "xavier", dtype, device)
@@ -111,6 +115,10 @@ class RosaBranch(nn.Module):
             self.e0.zero_()
             self.e1.zero_()
 
+    def _k_weight(self) -> Optional[torch.Tensor]:
+        """The weight K is computed with: None = ``k_proj``'s own, Q's under ``qk_tied``."""
+        return self.q_proj.weight if self.input_options.qk_tied else None
+
     def _needs_cf(self, u: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (
             u.requires_grad or any(p.requires_grad for p in (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
@@ -124,6 +132,8 @@ class RosaBranch(nn.Module):
             rosa_cache: generation state object (see module docstring), or None.
         """
         want_cf = self._needs_cf(u)  # decided outside no_grad
+        if self.input_options != InputOptions():
+            return self._launch_with_inputs(u, layer_idx, pipeline, rosa_cache, want_cf)
         with torch.no_grad():
             zq, zk = self.q_proj(u), self.k_proj(u)
             q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
@@ -134,10 +144,31 @@ class RosaBranch(nn.Module):
                 handle = pipeline.submit(layer_idx, q_sym, k_sym, self.bits, want_cf=want_cf)
             v_sym = pack_symbols(self.v_proj(u), self.bits)
         pending = PendingRetrieval(u=u, v_sym=v_sym, logit_dtype=dtype, handle=handle)
+        return self._attach_cached(pending, layer_idx, q_sym, k_sym, v_sym, rosa_cache)
+
+    def _launch_with_inputs(self, u: torch.Tensor, layer_idx: int, pipeline, rosa_cache,
+                            want_cf: bool) -> PendingRetrieval:
+        """``launch`` under non-default input options (``branch_inputs``): Q reads u_q, K and V read u_kv."""
+        u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, rosa_cache)
+        u_in = u_q if u_kv is None else u_kv
+        with torch.no_grad():
+            zq, zk = self.q_proj(u_q), self.k_proj(u_in, self._k_weight())
+            q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
+            dtype = zq.dtype
+            del zq, zk
+            handle = None
+            if rosa_cache is None:
+                handle = pipeline.submit(layer_idx, q_sym, k_sym, self.bits, want_cf=want_cf)
+            v_sym = pack_symbols(self.v_proj(u_in), self.bits)
+        pending = PendingRetrieval(u=u_q, v_sym=v_sym, logit_dtype=dtype, handle=handle, u_kv=u_kv)
+        return self._attach_cached(pending, layer_idx, q_sym, k_sym, v_sym, rosa_cache)
+
+    @staticmethod
+    def _attach_cached(pending: PendingRetrieval, layer_idx: int, q_sym, k_sym, v_sym, rosa_cache) -> PendingRetrieval:
         if rosa_cache is not None:
             tau, v_at_tau = rosa_cache.retrieve(layer_idx, q_sym, k_sym, v_sym)
-            pending.tau = tau.to(device=u.device)
-            pending.v_at_tau = v_at_tau.to(device=u.device, dtype=torch.uint8)
+            pending.tau = tau.to(device=pending.u.device)
+            pending.v_at_tau = v_at_tau.to(device=pending.u.device, dtype=torch.uint8)
         return pending
 
     def finish(self, pending: PendingRetrieval) -> torch.Tensor:
@@ -150,9 +181,15 @@ class RosaBranch(nn.Module):
             v_at_tau = torch.where(tau >= 0, gather_time(v_sym, tau), 0).to(torch.uint8)
         else:
             tau, v_at_tau = pending.tau, pending.v_at_tau
+        if self.input_options == InputOptions():
+            return RosaBranchFunction.apply(
+                pending.u, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.e0, self.e1,
+                self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype)
+        wk = self.k_proj.weight if self._k_weight() is None else self._k_weight()
         return RosaBranchFunction.apply(
-            pending.u, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.e0, self.e1,
-            self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype)
+            pending.u, self.q_proj.weight, wk, self.v_proj.weight, self.e0, self.e1,
+            self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype,
+            pending.u_kv)
 
     def forward(self, u: torch.Tensor, layer_idx: int = 0, pipeline=None, rosa_cache=None) -> torch.Tensor:
         """Launch and finish at once (no overlap); used by ``pre_attn`` and tests."""

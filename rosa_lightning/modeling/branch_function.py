@@ -36,20 +36,24 @@ class RosaBranchFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, wq, wk, wv, e0, e1, wout, tau, cf: Optional[torch.Tensor], v_at_tau,
-                bits: int, options: GradOptions, logit_dtype: torch.dtype):
+                bits: int, options: GradOptions, logit_dtype: torch.dtype, u_kv: Optional[torch.Tensor] = None):
         y = readout(tau, v_at_tau, e0, e1, bits)
         inj = F.linear(y.to(wout.dtype), wout)
         ctx.bits, ctx.options, ctx.logit_dtype = bits, options, logit_dtype
         ctx.has_cf = cf is not None
-        ctx.save_for_backward(u, wq, wk, wv, e0, e1, wout, tau, cf if cf is not None else tau, v_at_tau)
+        ctx.has_ukv = u_kv is not None
+        saved = (u, wq, wk, wv, e0, e1, wout, tau, cf if cf is not None else tau, v_at_tau)
+        ctx.save_for_backward(*saved, *((u_kv,) if u_kv is not None else ()))
         return inj
 
     @staticmethod
     def backward(ctx, grad_inj):
+        if ctx.has_ukv:
+            return RosaBranchFunction._backward_kv(ctx, grad_inj)
         u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau = ctx.saved_tensors
         bits = ctx.bits
         need = ctx.needs_input_grad
-        grads = [None] * 13
+        grads = [None] * len(need)
         y = readout(tau, v_at_tau, e0, e1, bits)
         if need[6]:
             grads[6] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
@@ -79,4 +83,46 @@ class RosaBranchFunction(torch.autograd.Function):
         if need[0]:
             gu = gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)
             grads[0] = gu.to(u.dtype)
+        return tuple(grads)
+
+    @staticmethod
+    def _backward_kv(ctx, grad_inj):
+        """Backward when K and V read ``u_kv`` (input options, ``branch_inputs``) while Q reads ``u``.
+
+        Same §5.2 math as ``backward``; the K and V logits are recomputed from u_kv, and the input gradients are
+        split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one tensor (``qk_tied``): autograd
+        then adds both weight gradients into it.
+        """
+        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau, u_kv = ctx.saved_tensors
+        bits = ctx.bits
+        need = ctx.needs_input_grad
+        grads = [None] * len(need)
+        y = readout(tau, v_at_tau, e0, e1, bits)
+        if need[6]:
+            grads[6] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
+        grad_y = grad_inj @ wout.to(grad_inj.dtype)
+        if need[4] or need[5]:
+            g0, g1 = readout_grads(grad_y, tau, v_at_tau, bits)
+            grads[4], grads[5] = g0.to(e0.dtype), g1.to(e1.dtype)
+        if not any(need[:4]) and not need[13]:
+            return tuple(grads)
+        if not ctx.has_cf:
+            raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
+                               "(retrieval called with want_cf=False) but Q/K/V require gradients")
+        dt = ctx.logit_dtype
+        uq, ukv = u.to(dt), u_kv.to(dt)
+        with torch.no_grad():
+            zq = F.linear(uq, wq.to(dt))
+            zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
+        delta = (e1 - e0).detach()
+        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options)
+        del zq, zk, zv
+        gz = [g.to(dt) for g in gz]
+        for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):
+            if need[slot]:
+                grads[slot] = (_flat(g).t() @ _flat(x)).to(w.dtype)
+        if need[0]:
+            grads[0] = (gz[0] @ wq.to(dt)).to(u.dtype)
+        if need[13]:
+            grads[13] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
         return tuple(grads)

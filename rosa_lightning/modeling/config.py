@@ -15,6 +15,7 @@ TOKEN_CHANNELS = ("off", "shared", "own")
 CF_FIELDS = ("soft", "hard")
 GRAD_MODES = ("published",)
 K_CREDITS = ("reference", "matched")
+CENTER_U = ("off", "causal_mean")
 
 
 @dataclass
@@ -38,6 +39,11 @@ class RosaConfig:
         grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly.
         k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
             run's start, spec §5.3 A3) or "matched" (the matched run's start).
+        kv_shift: learning option (off = published): the K and V projections read the previous position's
+            input u[t-1] (zeros at position 0), Q reads u[t]; see ``branch_inputs``.
+        qk_tied: learning option (off = published): K is computed with Q's weight; ``k_proj.weight`` is kept
+            in the state dict but unused. Only useful with ``kv_shift`` (Q == K retrieves nothing, spec R4).
+        center_u: learning option: "off" (published) or "causal_mean" (Q/K/V read u[t] - mean(u[0..t])).
         enabled: False leaves the model structurally patched but skips the branch entirely
             (logits equal the windowed backbone).
     """
@@ -52,6 +58,9 @@ class RosaConfig:
     cf_field: str = "soft"
     grad_mode: str = "published"
     k_credit: str = "reference"
+    kv_shift: bool = False
+    qk_tied: bool = False
+    center_u: str = "off"
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +82,10 @@ class RosaConfig:
         _check_choice("cf_field", self.cf_field, CF_FIELDS)
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         _check_choice("k_credit", self.k_credit, K_CREDITS)
+        _check_choice("center_u", self.center_u, CENTER_U)
+        for name in ("kv_shift", "qk_tied"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RosaConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.num_threads != "auto" and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
             raise ValueError(f"RosaConfig.num_threads must be 'auto' or an int >= 1, got {self.num_threads!r}")
         if not isinstance(self.enabled, bool):

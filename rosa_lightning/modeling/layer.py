@@ -14,6 +14,7 @@ import torch
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
 from .branch import RosaBranch
+from .branch_inputs import InputOptions
 from .config import RosaConfig
 from .counterfactual import GradOptions
 from .pipeline import RetrievalPipeline
@@ -92,8 +93,13 @@ def install_rosa_layer(layer: Qwen3DecoderLayer, runtime: RosaRuntime, hidden_si
         layer.__class__ = RosaQwen3DecoderLayer
         layer.rosa = RosaBranch(hidden_size, cfg.bits, _grad_options(cfg), dtype=ref.dtype, device=ref.device)
     layer.rosa.grad_options = _grad_options(cfg)
+    layer.rosa.input_options = _input_options(cfg)
     layer.rosa_runtime = runtime
     return layer
+
+
+def _input_options(cfg: RosaConfig) -> InputOptions:
+    return InputOptions(kv_shift=cfg.kv_shift, qk_tied=cfg.qk_tied, center_u=cfg.center_u)
 
 
 def _grad_options(cfg: RosaConfig) -> GradOptions:
