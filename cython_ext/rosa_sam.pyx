@@ -116,6 +116,9 @@ cdef struct Sam:
     int64_t length       # positions consumed (absolute time of the next position)
     int64_t skip         # positions with time < skip are padding
     int64_t work         # naive chain steps so far
+    # Keeps the scalars above (written every position) off the cache lines of the neighbouring
+    # Sam in an array: per-thread arenas and stream pairs are adjacent (no false sharing).
+    char _pad[128]
 
 
 cdef inline size_t id_size(Sam *S) noexcept nogil:

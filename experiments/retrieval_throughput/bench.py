@@ -118,8 +118,10 @@ def main():
         stream.scan(q.astype(np.uint8)[None, :, None], k.astype(np.uint8)[None, :, None])
         print(f"| {name} | {stream.nbytes() / T:.1f} |")
     A = 1 << bits
-    arena = (2 * T + 2) * (4 * A + 32) + 4 * (T + 1) + T
-    print(f"\nTraining arena (dense, per thread, transient): {arena / T:.0f} bytes per token of T.")
+    ids = 2 if 2 * T + 2 <= 65535 else 4   # uint16 state ids while the states fit, else int32
+    arena = (2 * T + 2) * (A + 4 + 4) * ids + 4 * (T + 1) + T   # rows + record + LCT record
+    print(f"\nTraining arena (dense, {8 * ids}-bit ids, per thread, transient): "
+          f"{arena / T:.0f} bytes per token of T.")
 
 
 if __name__ == "__main__":
