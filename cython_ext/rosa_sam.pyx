@@ -41,18 +41,15 @@ cdef extern from *:
     #include <omp.h>
     #endif
     #if defined(__GNUC__)
-    #define ROSA_PREFETCH(p) __builtin_prefetch((const void *)(p))
     #define ROSA_CTZ(x) __builtin_ctz(x)
     #define ROSA_LIKELY(x) __builtin_expect(!!(x), 1)
     #define ROSA_UNLIKELY(x) __builtin_expect(!!(x), 0)
     #else
-    #define ROSA_PREFETCH(p) ((void)0)
     static int ROSA_CTZ(unsigned x) { int n = 0; while (!(x & 1u)) { x >>= 1; n++; } return n; }
     #define ROSA_LIKELY(x) (x)
     #define ROSA_UNLIKELY(x) (x)
     #endif
     """
-    void prefetch "ROSA_PREFETCH"(const void *p) noexcept nogil
     int ctz "ROSA_CTZ"(uint32_t x) noexcept nogil
     bint likely "ROSA_LIKELY"(bint x) noexcept nogil
     bint unlikely "ROSA_UNLIKELY"(bint x) noexcept nogil
