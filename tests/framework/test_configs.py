@@ -18,6 +18,12 @@ def shrink(cfg, tiny_backbone_dir, text_corpus):
         if "path" in cfg.data.source:
             cfg.data.source.path = str(text_corpus)
             cfg.data.seq_len = 64
+        if "corpus" in cfg.data.source:  # the stdlib corpus: a few files instead of all of them, short rows
+            cfg.data.source.corpus.files = ["bisect.py", "colorsys.py", "heapq.py", "copy.py", "glob.py", "shlex.py"]
+            cfg.data.source.corpus.held_out_fraction = 0.3
+            cfg.data.seq_len = 64
+        if str(cfg.model.get("init_from") or "").startswith("<"):
+            cfg.model.init_from = None  # a placeholder the user must set (study_recall_protocol)
         cfg.data.num_workers = 0
         cfg.trainer.accelerator = "cpu"
         cfg.trainer.devices = 1
