@@ -26,13 +26,14 @@ TASKS = {  # task -> overrides of the shared study config
     "passkey": ["data=passkey"],
 }
 ARMS = {  # task -> arms (conf/experiment/study_recall_<arm>.yaml); protocol starts from the global arm
-    "mqar": ["global", "window", "rosa", "rosa_options", "token", "both", "protocol"],
+    "mqar": ["global", "window", "rosa", "rosa_options", "rosa_shift", "token", "both", "protocol"],
     "mqar_recurring": ["global", "window", "rosa", "token", "both"],
     "passkey": ["global", "window", "rosa", "token", "both"],
 }
 STEPS = {"mqar": 1500, "mqar_recurring": 600, "passkey": 400}  # training steps of every arm of a task
 LABELS = {"global": "global attention", "window": "window only", "rosa": "window + ROSA",
-          "rosa_options": "window + ROSA (matched K, hard field)", "token": "window + token channel",
+          "rosa_options": "window + ROSA (matched K, hard field)",
+          "rosa_shift": "window + ROSA (M=8, K/V shifted, Q/K tied)", "token": "window + token channel",
           "both": "window + ROSA + token channel", "protocol": "protocol: global -> window -> A -> B",
           "converted": "global weights, converted to window (no training)"}
 FACTORS = (1, 2, 4, 8)

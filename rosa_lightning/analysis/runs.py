@@ -45,7 +45,7 @@ def compose(experiment: str, overrides: Sequence[str], output_dir: Path) -> Dict
 
 def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     """Rows of the CSV logger's ``metrics.csv`` under ``output_dir`` (empty cells dropped, values as floats)."""
-    files = sorted(Path(output_dir).glob("csv/version_*/metrics.csv"))
+    files = sorted(Path(output_dir).glob("csv/version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:]))
     if not files:
         raise FileNotFoundError(f"no csv/version_*/metrics.csv under {output_dir} (run with logger=csv)")
     rows = []

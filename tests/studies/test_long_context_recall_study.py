@@ -18,8 +18,8 @@ def test_long_context_recall_smoke(tmp_path):
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
     assert set(summary) == {"mqar", "passkey"}
-    assert set(summary["mqar"]["accuracy"]) == {"global", "window", "rosa", "rosa_options", "token", "both",
-                                                "protocol", "converted"}
+    assert set(summary["mqar"]["accuracy"]) == {"global", "window", "rosa", "rosa_options", "rosa_shift", "token",
+                                                "both", "protocol", "converted"}
     assert summary["mqar"]["lengths"] == [128, 256, 512, 1024]
     for task in summary.values():
         for acc in task["accuracy"].values():
