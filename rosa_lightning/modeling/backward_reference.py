@@ -14,7 +14,7 @@ def _sig(z):
 
 
 def reference_branch(zq, zk, zv, tau, cf_tau, grad_y, e0, e1, bits: int, field: str = "soft",
-                     k_credit: str = "reference"):
+                     k_credit: str = "reference", e0_term: bool = False):
     """y and all gradients of the branch in float64.
 
     Args:
@@ -54,6 +54,8 @@ def reference_branch(zq, zk, zv, tau, cf_tau, grad_y, e0, e1, bits: int, field: 
                     for beta in (0, 1):
                         w = cf_tau[b, r, t, j, beta]
                         dpart[beta] = 0.0 if w < 0 else sum(theta[m] * fv[b, w, ch[m]] for m in range(M))
+                        if e0_term and w >= 0:
+                            dpart[beta] += sum(g[b, t, c] * e0[c] for c in ch)
                         if w >= 0:
                             kt = w if k_credit == "reference" else _run_start(zk[b][:, ch], w - 1)
                             s = _sig(zk[b, kt, ch[j]])

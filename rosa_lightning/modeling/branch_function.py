@@ -71,7 +71,7 @@ class RosaBranchFunction(torch.autograd.Function):
             ud = u.to(dt)
             zq, zk, zv = (F.linear(ud, w.to(dt)) for w in (wq, wk, wv))
         delta = (e1 - e0).detach()
-        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options)
+        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
         del zq, zk, zv
         # §5.2 results are fp32, cast to the logits' dtype; the projections' backward then runs
         # in that dtype, exactly as autograd of F.linear would.
@@ -115,7 +115,7 @@ class RosaBranchFunction(torch.autograd.Function):
             zq = F.linear(uq, wq.to(dt))
             zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
         delta = (e1 - e0).detach()
-        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options)
+        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
         del zq, zk, zv
         gz = [g.to(dt) for g in gz]
         for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):

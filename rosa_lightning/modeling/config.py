@@ -39,6 +39,8 @@ class RosaConfig:
         grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly.
         k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
             run's start, spec §5.3 A3) or "matched" (the matched run's start).
+        cf_e0_term: gradient option (off = published, spec §5.3 A1): count a counterfactual destination's
+            output whole (e0 + Delta*F), so flips that change validity also carry the e0 part.
         kv_shift: learning option (off = published): the K and V projections read the previous position's
             input u[t-1] (zeros at position 0), Q reads u[t]; see ``branch_inputs``.
         qk_tied: learning option (off = published): K is computed with Q's weight; ``k_proj.weight`` is kept
@@ -58,6 +60,7 @@ class RosaConfig:
     cf_field: str = "soft"
     grad_mode: str = "published"
     k_credit: str = "reference"
+    cf_e0_term: bool = False
     kv_shift: bool = False
     qk_tied: bool = False
     center_u: str = "off"
@@ -83,7 +86,7 @@ class RosaConfig:
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         _check_choice("k_credit", self.k_credit, K_CREDITS)
         _check_choice("center_u", self.center_u, CENTER_U)
-        for name in ("kv_shift", "qk_tied"):
+        for name in ("cf_e0_term", "kv_shift", "qk_tied"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RosaConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.num_threads != "auto" and not (isinstance(self.num_threads, int) and self.num_threads >= 1):

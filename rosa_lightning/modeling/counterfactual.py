@@ -10,6 +10,7 @@ over flattened (pair, time) rows, each pass holding [B*R*T, M] fp32 transients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -30,17 +31,23 @@ class GradOptions:
         k_credit: which K bits receive the credit of a flipped-Q destination omega = s_{e+1}:
             "reference" the start of the successor run e+1 (published, spec §5.3 A3), "matched" the
             start of the matched run e, whose symbol the flipped query bit has to agree with.
+        e0_term: False = published (spec §5.3 A1: only the Delta*F part of a destination's output is
+            counted). True: a destination's output is counted whole, e0 + Delta*F, so a flip that changes
+            validity (a retrieval appears or disappears) is credited with the e0 part too. Q and K only.
     """
 
     field: str = "soft"
     mode: str = "published"
     k_credit: str = "reference"
+    e0_term: bool = False
 
     def __post_init__(self) -> None:
         if self.field not in ("soft", "hard"):
             raise ValueError(f"GradOptions.field must be 'soft' or 'hard', got {self.field!r}")
         if self.k_credit not in K_CREDITS:
             raise ValueError(f"GradOptions.k_credit must be one of {K_CREDITS}, got {self.k_credit!r}")
+        if not isinstance(self.e0_term, bool):
+            raise ValueError(f"GradOptions.e0_term must be a bool, got {self.e0_term!r}")
         if self.mode != "published":
             raise ValueError(f"GradOptions.mode must be 'published', got {self.mode!r}")
 
@@ -111,7 +118,8 @@ def _k_credit_rows(zk: torch.Tensor, base: torch.Tensor, bits: int, k_credit: st
 def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Tensor,
                                tau: torch.Tensor, cf: torch.Tensor, grad_y: torch.Tensor,
                                delta: torch.Tensor, bits: int,
-                               options: GradOptions = GradOptions()) -> tuple[torch.Tensor, ...]:
+                               options: GradOptions = GradOptions(),
+                               e0: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """Gradients of the loss w.r.t. the Q, K, V logits (spec §5.2), all arithmetic in fp32.
 
     Args:
@@ -120,6 +128,7 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
         cf: int [B, R, NQ, M], flipped-bit destination time per Q-run and bit (-1 = none).
         grad_y: dL/dy [B, T, C].
         delta: e1 - e0 [C], detached.
+        e0: [C], detached; needed only with ``options.e0_term``.
     Returns:
         (grad_zq, grad_zk, grad_zv), fp32 [B, T, C].
     """
@@ -132,6 +141,11 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     theta = _to_pairs(grad_y, M) * delta.float().view(1, R, 1, M).expand(B, R, T, M).reshape(-1, M)
     zv_p = _to_pairs(zv, M)
     field = torch.sigmoid(zv_p) if options.field == "soft" else (zv_p > 0).float()
+    ge0 = None
+    if options.e0_term:  # sum_m G[t, m] * e0[m]: the e0 part of any valid destination's contribution
+        if e0 is None:
+            raise ValueError("GradOptions.e0_term needs e0")
+        ge0 = (_to_pairs(grad_y, M) * e0.float().view(1, R, 1, M).expand(B, R, T, M).reshape(-1, M)).sum(dim=1)
 
     # V: scatter theta over destination times (theta is not masked for Q and K, only here).
     tau_l = tau.reshape(-1).long()
@@ -147,6 +161,8 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     tau_start = torch.gather(tau.long(), 2, start).reshape(-1)
     idx_same = base + tau_start.clamp(min=0)
     d_same = (theta * field.index_select(0, idx_same)).sum(dim=1) * (tau_start >= 0)
+    if ge0 is not None:
+        d_same = d_same + ge0 * (tau_start >= 0)
     sign = 1.0 - 2.0 * unpack_bits(q_sym.reshape(-1, 1), M).float()  # [P*T, M]: +1 if bit 0
     nq = cf.shape[2]
     run_rows = (torch.arange(pairs, device=dev) * nq).repeat_interleave(T) + run_id.reshape(-1)
@@ -161,6 +177,8 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
         w = cf_rows[:, j].long()
         idx = base + w.clamp(min=0)
         d_flip = (theta * field.index_select(0, idx)).sum(dim=1) * (w >= 0)
+        if ge0 is not None:
+            d_flip = d_flip + ge0 * (w >= 0)
         sj = sign[:, j]
         grad_q[j] = sj * (d_flip - d_same)
         # K credit at run starts: +D for the beta=1 destination, -D for beta=0.

@@ -139,12 +139,13 @@ class LogitGrads:
     cf: torch.Tensor
     delta: torch.Tensor
     bits: int
+    e0: Optional[torch.Tensor] = None
 
     def grads(self, options: GradOptions) -> Dict[str, torch.Tensor]:
         """dL/dz per stream, fp32 [B, T, C], as the branch backward computes it with ``options``."""
         with torch.no_grad():
             g = counterfactual_logit_grads(self.z["q"], self.z["k"], self.z["v"], self.tau, self.cf, self.grad_y,
-                                           self.delta, self.bits, options)
+                                           self.delta, self.bits, options, e0=self.e0)
         return dict(zip(STREAMS, g))
 
 
@@ -192,7 +193,8 @@ def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module
         match = rosa_match(q_sym, k_sym, bits, layout="BRT")
         dev = z["q"].device
     return LogitGrads(loss=float(loss.detach()), z=z, u=seen["u"], grad_y=grad_y, tau=match.tau.to(dev),
-                      cf=match.cf.to(dev), delta=(branch.e1 - branch.e0).detach(), bits=bits)
+                      cf=match.cf.to(dev), delta=(branch.e1 - branch.e0).detach(), bits=bits,
+                      e0=branch.e0.detach())
 
 
 def sample_probes(lg: LogitGrads, num_probes: int, streams=STREAMS, seed: int = 0) -> Dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 Defaults are the published branch; with the options on: the step-0 identity, the shifted/centred/tied inputs, the
 backward against a hand-written chain rule, and incremental decoding equal to the full forward.
 """
+import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
@@ -249,3 +250,44 @@ def test_finite_difference_harness_with_options():
     res = gradient_check(model, layer, lambda m: m(ids, labels=ids).loss, num_probes=8)
     assert set(res.streams) == {"q", "k", "v"}
     assert all(len(s.fd) > 0 for s in res.streams.values())
+
+
+# ---- gradient option: e0 term (spec §5.3 A1 off) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("k_credit", ["reference", "matched"])
+@pytest.mark.parametrize("seed,B,T,M,R", [(0, 2, 24, 2, 3), (1, 1, 40, 4, 2)])
+def test_e0_term_fast_path_matches_float64_reference(k_credit, seed, B, T, M, R):
+    from rosa_lightning.modeling import GradOptions
+    from rosa_lightning.modeling.backward_reference import reference_branch
+    from rosa_lightning.retrieval.reference import rosa_match_reference
+    gen = torch.Generator().manual_seed(seed)
+    C = R * M
+    zq, zk, zv, g = (torch.randn(B, T, C, generator=gen, dtype=torch.float64) for _ in range(4))
+    zq[:, 1::3] = zq[:, 0::3][:, : zq[:, 1::3].shape[1]]
+    e0, e1 = torch.randn(C, generator=gen, dtype=torch.float64), torch.randn(C, generator=gen, dtype=torch.float64)
+    match = rosa_match_reference(pack_symbols(zq, M), pack_symbols(zk, M), M, layout="BTR")
+    ref = reference_branch(zq, zk, zv, match.tau, match.cf_tau(), g, e0, e1, M, k_credit=k_credit, e0_term=True)
+    plain = reference_branch(zq, zk, zv, match.tau, match.cf_tau(), g, e0, e1, M, k_credit=k_credit)
+    got = counterfactual_logit_grads(zq, zk, zv, match.tau, match.cf.to(torch.int16), g, e1 - e0, M,
+                                     GradOptions(k_credit=k_credit, e0_term=True), e0=e0)
+    for t, key in zip(got, ("grad_q", "grad_k", "grad_v")):
+        np.testing.assert_allclose(t.double().numpy(), ref[key], atol=1e-5, rtol=1e-5)
+    assert not np.allclose(ref["grad_q"], plain["grad_q"]) and np.array_equal(ref["grad_v"], plain["grad_v"])
+
+
+def test_e0_term_config_and_default():
+    from rosa_lightning.modeling import GradOptions
+    assert RosaConfig().cf_e0_term is False and GradOptions().e0_term is False
+    with pytest.raises(ValueError):
+        RosaConfig(cf_e0_term="yes")
+    model = _model(cf_e0_term=True)
+    assert all(layer.rosa.grad_options.e0_term for layer in rosa_layers(model))
+    zq, zk, zv, g = (torch.randn(1, 12, 8) for _ in range(4))
+    m = rosa_match(pack_symbols(zq, 4), pack_symbols(zk, 4), 4, num_threads=1)
+    with pytest.raises(ValueError, match="e0"):
+        counterfactual_logit_grads(zq, zk, zv, m.tau, m.cf, g, torch.ones(8), 4, GradOptions(e0_term=True))
+    # with e0 = 0 the option is the published estimate
+    a = counterfactual_logit_grads(zq, zk, zv, m.tau, m.cf, g, torch.ones(8), 4, GradOptions(e0_term=True),
+                                   e0=torch.zeros(8))
+    b = counterfactual_logit_grads(zq, zk, zv, m.tau, m.cf, g, torch.ones(8), 4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
