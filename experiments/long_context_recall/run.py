@@ -27,10 +27,10 @@ TASKS = {  # task -> overrides of the shared study config
 }
 ARMS = {  # task -> arms (conf/experiment/study_recall_<arm>.yaml); protocol starts from the global arm
     "mqar": ["global", "window", "rosa", "rosa_options", "rosa_shift", "token", "both", "protocol"],
-    "mqar_recurring": ["global", "window", "rosa", "token", "both"],
-    "passkey": ["global", "window", "rosa", "token", "both"],
+    "mqar_recurring": ["global", "window", "rosa", "rosa_shift", "token"],
+    "passkey": ["global", "window", "rosa", "rosa_shift", "token"],
 }
-STEPS = {"mqar": 1500, "mqar_recurring": 600, "passkey": 400}  # training steps of every arm of a task
+STEPS = {"mqar": 500, "mqar_recurring": 300, "passkey": 300}  # training steps of every arm of a task
 LABELS = {"global": "global attention", "window": "window only", "rosa": "window + ROSA",
           "rosa_options": "window + ROSA (matched K, hard field)",
           "rosa_shift": "window + ROSA (M=8, K/V shifted, Q/K tied)", "token": "window + token channel",

@@ -48,7 +48,7 @@ def settings(smoke: bool, logs: Path) -> dict:
                           "data.source.corpus.held_out_fraction=0.3", "model.backbone.vocab_size=300",
                           f"data.source.corpus.tokenizer_path={logs}/stdlib_bpe_smoke.json",
                           "+data.source.corpus.files=[" + ",".join(SMOKE_FILES) + "]"]}
-    return {"seq_len": 512, "window": 64, "steps": 1000, "max_eval_batches": None, "extra": []}
+    return {"seq_len": 512, "window": 64, "steps": 400, "max_eval_batches": None, "extra": []}
 
 
 def run_arm(arm: str, overrides: list[str], out_dir: str, seq_len: int, window: int,
