@@ -88,6 +88,9 @@ cdef enum:
     L_CH = 1        # L_CH + 0, L_CH + 1: splay children
     L_TAG = 3       # pending "max with" for the splay subtree, 0 = none
     LCT_W = 4
+    PUSH_STACK = 64         # path nodes buffered per push-down pass
+    READ_SPLAY_DEPTH = 8
+    DESCENT_SPLAY_DEPTH = 4
 
 
 cdef struct Sam:
@@ -302,10 +305,25 @@ cdef inline void lct_rotate(idx_t *L, idx_t x) noexcept nogil:
 
 
 cdef void lct_push_path(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    """Push pending tags from x's splay root down to x (recursion depth = splay depth)."""
-    if not lct_is_root(L, x):
-        lct_push_path(L, I, L[x * LCT_W + L_FA])
-    lct_push(L, I, x)
+    """Push pending tags from x's splay root down to x: one climb recording the path (up to
+    PUSH_STACK nodes; a deeper remainder is pushed first by the same routine), then the pushes
+    top-down."""
+    cdef idx_t stk[PUSH_STACK]
+    cdef int n = 0
+    cdef idx_t y = x, p
+    while True:
+        stk[n] = y
+        n += 1
+        p = L[y * LCT_W + L_FA]
+        if p == <idx_t> -1 or (L[p * LCT_W + L_CH] != y and L[p * LCT_W + L_CH + 1] != y):
+            break
+        if n == PUSH_STACK:
+            lct_push_path(L, I, p)
+            break
+        y = p
+    while n > 0:
+        n -= 1
+        lct_push(L, I, stk[n])
 
 
 cdef void lct_splay(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
@@ -320,6 +338,27 @@ cdef void lct_splay(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
             else:
                 lct_rotate(L, x)
         lct_rotate(L, x)
+
+
+cdef inline idx_t lct_value(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
+    """Current e + 1 of node x without restructuring: its stored value raised by the pending tags
+    of its splay ancestors (a tag covers its node's splay subtree). A node deeper than
+    READ_SPLAY_DEPTH is splayed instead, so repeated deep reads stay amortised O(log n)."""
+    cdef idx_t v = I[x * INFO_W + F_N]
+    cdef idx_t y = x, p, t
+    cdef int d = 0
+    while True:
+        p = L[y * LCT_W + L_FA]
+        if p == <idx_t> -1 or (L[p * LCT_W + L_CH] != y and L[p * LCT_W + L_CH + 1] != y):
+            return v
+        t = L[p * LCT_W + L_TAG]
+        if t > v:
+            v = t
+        d += 1
+        if d > READ_SPLAY_DEPTH:
+            lct_splay(L, I, x)
+            return I[x * INFO_W + F_N]
+        y = p
 
 
 cdef void lct_access(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
@@ -420,17 +459,23 @@ cdef inline bint has_trans(idx_t *nx, idx_t *I, int64_t A, idx_t y, int32_t x) n
 cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx_t *top,
                                    int32_t x) noexcept nogil:
     """In the splay tree of an accessed root path (rooted at top[0]), the deepest node having an
-    x-transition (the root always has one here). top[0] becomes the deepest node visited, which the
-    caller splays to pay for the descent."""
+    x-transition (the root always has one here). A descent deeper than READ_SPLAY_DEPTH splays
+    the deepest node visited to pay for itself, and top[0] becomes the new splay root; shallower
+    descents leave the tree as it is (constant cost)."""
     cdef idx_t y = top[0]
-    cdef idx_t best = 0
+    cdef idx_t best = 0, deepest = y
+    cdef int d = 0
     while y != <idx_t> -1:
-        top[0] = y
+        deepest = y
+        d += 1
         if has_trans(nx, I, A, y, x):
             best = y
             y = L[y * LCT_W + L_CH + 1]
         else:
             y = L[y * LCT_W + L_CH]
+    if d > DESCENT_SPLAY_DEPTH:
+        lct_splay(L, I, deepest)
+        top[0] = deepest
     return best
 
 
@@ -455,7 +500,6 @@ cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil
     lct_access(L, I, u)
     top = u
     best = lct_deepest_with(L, I, nx, A, &top, x)
-    lct_splay(L, I, top)
     return nx[best * A + x]
 
 
@@ -466,8 +510,9 @@ cdef inline int32_t dest_time(Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
     if ns == 0:
         return -1
     if S.lct:
-        lct_splay(<idx_t *> S.lctn, I, <idx_t> ns)
-    n = I[ns * INFO_W + F_N]
+        n = lct_value(<idx_t *> S.lctn, I, <idx_t> ns)
+    else:
+        n = I[ns * INFO_W + F_N]
     if n < S.n_runs:
         return S.run_start[n]
     return -1
@@ -533,7 +578,6 @@ cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips
                 if (pending >> j) & 1:
                     x = a ^ (1 << j)
                     best = lct_deepest_with(L, I, nx, A, &top, x)
-                    lct_splay(L, I, top)
                     ns[j] = nx[best * A + x]
         else:
             u = <idx_t> v
