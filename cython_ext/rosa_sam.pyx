@@ -441,9 +441,10 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
         lct_access(L, I, cur)
         lct_apply(L, I, cur, <idx_t> (pos + 1))
     else:
+        # Every chain ends at the root, whose e is never read (no transition targets it).
         v = cur
         steps = 0
-        while v != NIL:
+        while v != 0:
             I[v * INFO_W + F_N] = <idx_t> (pos + 1)
             v = I[v * INFO_W + F_LINK]
             steps += 1
