@@ -133,12 +133,14 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for name, r in results["arms"].items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, r) in enumerate(results["arms"].items()):
         steps = [c["step"] for c in r["curve"]]
-        (line,) = axes[0].plot(steps, [c["train_acc"] for c in r["curve"]], label=name)
-        axes[1].plot(steps, [c["right_slot"][0] for c in r["curve"]], color=line.get_color(), label=name)
+        ls = "-" if name.startswith("best") else "--"
+        (line,) = axes[0].plot(steps, [c["train_acc"] for c in r["curve"]], label=name, color=colors[i % 20], ls=ls)
+        axes[1].plot(steps, [c["right_slot"][0] for c in r["curve"]], color=line.get_color(), ls=ls, label=name)
         axes[2].plot([c["seconds"] / 60 for c in r["curve"]], [c["train_acc"] for c in r["curve"]],
-                     color=line.get_color(), label=name)
+                     color=line.get_color(), ls=ls, label=name)
     axes[0].set(xlabel="step (batch 16)", ylabel="train answer accuracy", title="MQAR answer accuracy")
     axes[1].set(xlabel="step", ylabel="right-slot rate", title="right-slot retrieval rate, first ROSA layer")
     axes[2].set(xlabel="CPU minutes (1 thread, shared machine)", ylabel="train answer accuracy",
