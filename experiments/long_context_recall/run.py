@@ -12,6 +12,7 @@ one torch thread per worker process, and the evaluations after training. Run log
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -55,13 +56,14 @@ def settings(smoke: bool) -> dict:
         return {"seq_len": 128, "window": 16, "steps": {t: 4 for t in TASKS}, "eval_rows": 16, "diag_rows": 16,
                 "extra": ["trainer.val_check_interval=2", "data.source.num_val=32", "trainer.limit_val_batches=1",
                           "callbacks.rosa_grad_norms.log_every_n_steps=1", "trainer.log_every_n_steps=1"]}
-    return {"seq_len": 256, "window": 32, "steps": STEPS, "eval_rows": 128, "diag_rows": 64, "extra": []}
+    return {"seq_len": 256, "window": 32, "steps": STEPS, "eval_rows": 96, "diag_rows": 32, "extra": []}
 
 
 def arm_overrides(task: str, arm: str, s: dict) -> list[str]:
     steps = s["steps"][task]
-    ov = [*TASKS[task], f"data.seq_len={s['seq_len']}", f"model.rosa.window={s['window']}",
-          f"trainer.max_steps={steps}"]
+    ov = [*TASKS[task], f"data.seq_len={s['seq_len']}", f"trainer.max_steps={steps}"]
+    if arm != "global":  # the global arm keeps model.rosa.window=null from its config
+        ov.append(f"model.rosa.window={s['window']}")
     if arm == "protocol":  # half the steps in stage A, then stage B
         ov.append(f"train.stage_a_tokens={(steps // 2) * 16 * s['seq_len']}")
     return ov + s["extra"]
@@ -70,12 +72,12 @@ def arm_overrides(task: str, arm: str, s: dict) -> list[str]:
 def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: int, diag_rows: int,
             init_from: str | None = None) -> dict:
     """Train one arm (worker process), then evaluate it at every length; returns the measured figures."""
+    import hydra
     import torch
 
     from rosa_lightning.analysis import runs
     from rosa_lightning.analysis.diagnostics import grad_norms_on_batch, retrieval_diagnostics
     from rosa_lightning.analysis.evaluate import accuracy_at_lengths, batches, task_at_length
-    from rosa_lightning.cli import train
     from rosa_lightning.data.synthetic import SyntheticDataset
 
     logging.getLogger("lightning").setLevel(logging.WARNING)
@@ -86,19 +88,22 @@ def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: 
     if init_from is not None:
         ov.append(f"model.init_from={init_from}")
     cfg = runs.compose(experiment, ov, Path(out_dir))
-    result: dict = {"task": task, "arm": arm, "overrides": overrides}
+    result: dict = {"task": task, "arm": arm, "overrides": overrides, "window": cfg.model.rosa.window}
+    cached = Path(out_dir) / "result.json"
+    if cached.is_file():  # this arm finished in an earlier invocation with the same settings
+        result = json.loads(cached.read_text())
+        for key in ("accuracy", "converted_accuracy"):  # JSON object keys are strings; lengths are ints
+            if key in result:
+                result[key] = {int(n): v for n, v in result[key].items()}
+        return result
     if arm == "protocol":  # the drop: the global model's weights under the window, before any ROSA training
-        import hydra
-
         converted = hydra.utils.instantiate(cfg.model)
         task_obj = hydra.utils.instantiate(cfg.data.source.task)
         lengths = [f * task_obj.seq_len for f in FACTORS]
         result["converted_accuracy"] = accuracy_at_lengths(converted, task_obj, lengths, eval_rows, EVAL_SEED)
         del converted
-    clock = runs.stopwatch()
-    metrics, objects = train(cfg)
-    result["train_s"] = clock()
-    module, task_obj = objects["model"], objects["datamodule"].source.task
+    metrics, module, result["train_s"], result["reused_run"] = runs.train_or_reuse(cfg, Path(out_dir))
+    task_obj = hydra.utils.instantiate(cfg.data.source.task)
     lengths = [f * task_obj.seq_len for f in FACTORS]
     clock = runs.stopwatch()
     result["accuracy"] = accuracy_at_lengths(module, task_obj, lengths, eval_rows, EVAL_SEED)
@@ -114,6 +119,7 @@ def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: 
                         if key.startswith(("val/", "train/loss", "train/answer_acc", "rosa_grad/", "train/stage_b"))}
     result["final_val"] = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
     result["stage"] = module.stage
+    cached.write_text(json.dumps(result))
     return result
 
 

@@ -43,6 +43,41 @@ def compose(experiment: str, overrides: Sequence[str], output_dir: Path) -> Dict
     return cfg
 
 
+def train_or_reuse(cfg: DictConfig, output_dir: Path) -> tuple[dict, Any, float, bool]:
+    """``train(cfg)``, or, when ``output_dir`` already holds a finished run of the same length (its
+    ``checkpoints/last.ckpt`` at ``trainer.max_steps``), the module rebuilt from that checkpoint.
+
+    Returns (final metrics, the RosaLitModule, training seconds, reused). A reused run's metrics are {} and its
+    seconds come from ``train_seconds.txt`` when this function trained it, else from the logged step times
+    (mean ``time/step_s`` x steps).
+    """
+    import hydra
+    import torch
+
+    from rosa_lightning.cli import train
+
+    output_dir = Path(output_dir)
+    ckpt_path = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if int(ckpt.get("global_step", -1)) >= int(cfg.trainer.max_steps):
+            module = hydra.utils.instantiate(cfg.model)
+            module.load_state_dict(ckpt["state_dict"])
+            module.on_load_checkpoint(ckpt)
+            seconds_file = output_dir / "train_seconds.txt"
+            if seconds_file.is_file():
+                seconds = float(seconds_file.read_text())
+            else:
+                _, step_s = curve(read_metrics(output_dir), "time/step_s")
+                seconds = sum(step_s) / max(1, len(step_s)) * int(cfg.trainer.max_steps)
+            return {}, module.train(), seconds, True
+    clock = stopwatch()
+    metrics, objects = train(cfg)
+    seconds = clock()
+    (output_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return metrics, objects["model"], seconds, False
+
+
 def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     """Rows of the CSV logger's ``metrics.csv`` under ``output_dir`` (empty cells dropped, values as floats)."""
     files = sorted(Path(output_dir).glob("csv/version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:]))

@@ -25,6 +25,7 @@ def test_long_context_recall_smoke(tmp_path):
         for acc in task["accuracy"].values():
             assert len(acc) == 4 and all(0.0 <= a <= 1.0 for a in acc.values())
     runs = results["runs"]
+    assert runs["mqar/global"]["window"] is None and runs["mqar/rosa"]["window"] == 16  # global stays unwindowed
     # diagnostics exist exactly for the arms with ROSA branches, per layer, at L and 4L
     assert set(runs["mqar/rosa"]["diagnostics"]["1L"]) == {"layer0", "layer1"}
     assert runs["mqar/window"]["diagnostics"]["1L"] == {} and runs["mqar/token"]["diagnostics"]["1L"] == {}

@@ -21,6 +21,7 @@ def test_stdlib_perplexity_smoke(tmp_path):
         for key in ("overall_L", "within_window", "beyond_window", "overall_2L", "beyond_L_at_2L"):
             # a 300-token vocabulary after 4 steps: near-uniform, but finite and above 1
             assert math.isfinite(arm[key]) and 1.0 < arm[key] < 2000.0
+    assert runs["global"]["window"] is None and runs["rosa"]["window"] == 16  # global stays unwindowed
     for run in runs.values():
         assert len(run["loss_by_position_1L"]) == 127 and len(run["loss_by_position_2L"]) == 255
     assert set(runs["rosa"]["diagnostics"]) == {"layer0", "layer1"} and runs["global"]["diagnostics"] == {}
