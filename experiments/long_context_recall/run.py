@@ -27,16 +27,18 @@ TASKS = {  # task -> overrides of the shared study config
     "passkey": ["data=passkey"],
 }
 ARMS = {  # task -> arms (conf/experiment/study_recall_<arm>.yaml); protocol starts from the global arm
-    "mqar": ["global", "window", "rosa", "rosa_options", "rosa_shift", "token", "both", "protocol"],
-    "mqar_recurring": ["global", "rosa_shift", "token"],
-    "passkey": ["global", "rosa", "rosa_shift", "token"],
+    "mqar": ["global", "window", "rosa", "rosa_options", "rosa_shift", "token", "both", "protocol", "global_4x"],
+    "mqar_recurring": ["global", "window", "rosa", "rosa_shift", "token", "both"],
+    "passkey": ["global", "window", "rosa", "rosa_shift", "token", "both"],
 }
+SUPPLEMENTARY = {"global_4x": ("global", 4)}  # arm -> (config arm, step multiple): a longer budget, for reference
 STEPS = {"mqar": 500, "mqar_recurring": 200, "passkey": 200}  # training steps of every arm of a task
 LABELS = {"global": "global attention", "window": "window only", "rosa": "window + ROSA",
           "rosa_options": "window + ROSA (matched K, hard field)",
           "rosa_shift": "window + ROSA (M=8, K/V shifted, Q/K tied)", "token": "window + token channel",
           "both": "window + ROSA + token channel", "protocol": "protocol: global -> window -> A -> B",
-          "converted": "global weights, converted to window (no training)"}
+          "converted": "global weights, converted to window (no training)",
+          "global_4x": "global attention, 4x the steps (reference)"}
 FACTORS = (1, 2, 4, 8)
 EVAL_SEED = 424242
 
@@ -60,9 +62,9 @@ def settings(smoke: bool) -> dict:
 
 
 def arm_overrides(task: str, arm: str, s: dict) -> list[str]:
-    steps = s["steps"][task]
+    steps = s["steps"][task] * SUPPLEMENTARY.get(arm, (arm, 1))[1]
     ov = [*TASKS[task], f"data.seq_len={s['seq_len']}", f"trainer.max_steps={steps}"]
-    if arm != "global":  # the global arm keeps model.rosa.window=null from its config
+    if SUPPLEMENTARY.get(arm, (arm,))[0] != "global":  # the global arm keeps model.rosa.window=null from its config
         ov.append(f"model.rosa.window={s['window']}")
     if arm == "protocol":  # half the steps in stage A, then stage B
         ov.append(f"train.stage_a_tokens={(steps // 2) * 16 * s['seq_len']}")
@@ -82,7 +84,7 @@ def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: 
 
     logging.getLogger("lightning").setLevel(logging.WARNING)
     torch.set_num_threads(1)
-    experiment = f"study_recall_{arm}"
+    experiment = f"study_recall_{SUPPLEMENTARY.get(arm, (arm,))[0]}"
     ov = [*overrides, "logger=csv", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
           "+callbacks.retrieval_runtime.torch_threads=1"]
     if init_from is not None:
@@ -138,7 +140,8 @@ def build_jobs(tasks: list[str], s: dict, logs: Path) -> dict:
                 after = (f"{task}/global",)
             jobs[f"{task}/{arm}"] = Job(run_arm, kw, after)
     # the longest jobs first: ROSA arms, then the rest; the protocol waits for its global arm anyway
-    order = sorted(jobs, key=lambda n: (-s["steps"][n.split("/")[0]], "rosa" not in n and "both" not in n))
+    order = sorted(jobs, key=lambda n: (n.split("/")[1] not in SUPPLEMENTARY, -s["steps"][n.split("/")[0]],
+                                        "rosa" not in n and "both" not in n))
     return {n: jobs[n] for n in order}
 
 

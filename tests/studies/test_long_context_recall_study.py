@@ -19,7 +19,7 @@ def test_long_context_recall_smoke(tmp_path):
     summary = results["summary"]
     assert set(summary) == {"mqar", "passkey"}
     assert set(summary["mqar"]["accuracy"]) == {"global", "window", "rosa", "rosa_options", "rosa_shift", "token",
-                                                "both", "protocol", "converted"}
+                                                "both", "protocol", "global_4x", "converted"}
     assert summary["mqar"]["lengths"] == [128, 256, 512, 1024]
     for task in summary.values():
         for acc in task["accuracy"].values():
