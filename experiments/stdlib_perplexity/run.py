@@ -21,9 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-ARMS = ["global", "window", "rosa", "token"]
+ARMS = ["global", "window", "rosa", "rosa_shift", "token"]
 LABELS = {"global": "global attention", "window": "window only", "rosa": "window + ROSA",
-          "token": "window + token channel"}
+          "rosa_shift": "window + ROSA (M=8, K/V shifted, Q/K tied)", "token": "window + token channel"}
 BIN = 32  # tokens per bin of the perplexity-by-position curve
 
 

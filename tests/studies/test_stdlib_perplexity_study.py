@@ -16,7 +16,7 @@ def test_stdlib_perplexity_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     summary, runs = results["summary"], results["runs"]
-    assert list(summary) == ["global", "window", "rosa", "token"]
+    assert list(summary) == ["global", "window", "rosa", "rosa_shift", "token"]
     for arm in summary.values():
         for key in ("overall_L", "within_window", "beyond_window", "overall_2L", "beyond_L_at_2L"):
             # a 300-token vocabulary after 4 steps: near-uniform, but finite and above 1
