@@ -132,24 +132,10 @@ class RosaBranch(nn.Module):
             rosa_cache: generation state object (see module docstring), or None.
         """
         want_cf = self._needs_cf(u)  # decided outside no_grad
+        u_q, u_kv = u, None
         if self.input_options != InputOptions():
-            return self._launch_with_inputs(u, layer_idx, pipeline, rosa_cache, want_cf)
-        with torch.no_grad():
-            zq, zk = self.q_proj(u), self.k_proj(u)
-            q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
-            dtype = zq.dtype
-            del zq, zk
-            handle = None
-            if rosa_cache is None:
-                handle = pipeline.submit(layer_idx, q_sym, k_sym, self.bits, want_cf=want_cf)
-            v_sym = pack_symbols(self.v_proj(u), self.bits)
-        pending = PendingRetrieval(u=u, v_sym=v_sym, logit_dtype=dtype, handle=handle)
-        return self._attach_cached(pending, layer_idx, q_sym, k_sym, v_sym, rosa_cache)
-
-    def _launch_with_inputs(self, u: torch.Tensor, layer_idx: int, pipeline, rosa_cache,
-                            want_cf: bool) -> PendingRetrieval:
-        """``launch`` under non-default input options (``branch_inputs``): Q reads u_q, K and V read u_kv."""
-        u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, rosa_cache)
+            # Q reads u_q, K and V read u_kv (``branch_inputs``: shift, centring)
+            u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, rosa_cache)
         u_in = u_q if u_kv is None else u_kv
         with torch.no_grad():
             zq, zk = self.q_proj(u_q), self.k_proj(u_in, self._k_weight())
@@ -181,14 +167,10 @@ class RosaBranch(nn.Module):
             v_at_tau = torch.where(tau >= 0, gather_time(v_sym, tau), 0).to(torch.uint8)
         else:
             tau, v_at_tau = pending.tau, pending.v_at_tau
-        if self.input_options == InputOptions():
-            return RosaBranchFunction.apply(
-                pending.u, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.e0, self.e1,
-                self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype)
-        wk = self.k_proj.weight if self._k_weight() is None else self._k_weight()
+        wk = self._k_weight()
         return RosaBranchFunction.apply(
-            pending.u, self.q_proj.weight, wk, self.v_proj.weight, self.e0, self.e1,
-            self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype,
+            pending.u, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight, self.e0,
+            self.e1, self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype,
             pending.u_kv)
 
     def forward(self, u: torch.Tensor, layer_idx: int = 0, pipeline=None, rosa_cache=None) -> torch.Tensor:

@@ -48,9 +48,11 @@ class RosaBranchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_inj):
-        if ctx.has_ukv:
-            return RosaBranchFunction._backward_kv(ctx, grad_inj)
-        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau = ctx.saved_tensors
+        """§5.2. With ``u_kv`` (input options, ``branch_inputs``) the K and V logits are recomputed from u_kv and the
+        input gradient is split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one tensor
+        (``qk_tied``): autograd then adds both weight gradients into it."""
+        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau, *rest = ctx.saved_tensors
+        u_kv = rest[0] if ctx.has_ukv else None
         bits = ctx.bits
         need = ctx.needs_input_grad
         grads = [None] * len(need)
@@ -61,51 +63,35 @@ class RosaBranchFunction(torch.autograd.Function):
         if need[4] or need[5]:
             g0, g1 = readout_grads(grad_y, tau, v_at_tau, bits)
             grads[4], grads[5] = g0.to(e0.dtype), g1.to(e1.dtype)
-        if not any(need[:4]):
+        if not any(need[:4]) and not (u_kv is not None and need[13]):
             return tuple(grads)
         if not ctx.has_cf:
             raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
                                "(retrieval called with want_cf=False) but Q/K/V require gradients")
         dt = ctx.logit_dtype
+        uq = u.to(dt)
+        ukv = uq if u_kv is None else u_kv.to(dt)
         with torch.no_grad():
-            ud = u.to(dt)
-            zq, zk, zv = (F.linear(ud, w.to(dt)) for w in (wq, wk, wv))
+            zq = F.linear(uq, wq.to(dt))
+            zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
         delta = (e1 - e0).detach()
         gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
         del zq, zk, zv
         # §5.2 results are fp32, cast to the logits' dtype; the projections' backward then runs
         # in that dtype, exactly as autograd of F.linear would.
         gz = [g.to(dt) for g in gz]
-        ud = u.to(dt)
-        for slot, w, g in zip((1, 2, 3), (wq, wk, wv), gz):
+        for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):
             if need[slot]:
-                grads[slot] = (_flat(g).t() @ _flat(ud)).to(w.dtype)
-        if need[0]:
-            gu = gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)
-            grads[0] = gu.to(u.dtype)
+                grads[slot] = (_flat(g).t() @ _flat(x)).to(w.dtype)
+        if u_kv is None:
+            if need[0]:
+                grads[0] = (gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u.dtype)
+        else:
+            if need[0]:
+                grads[0] = (gz[0] @ wq.to(dt)).to(u.dtype)
+            if need[13]:
+                grads[13] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
         return tuple(grads)
-
-    @staticmethod
-    def _backward_kv(ctx, grad_inj):
-        """Backward when K and V read ``u_kv`` (input options, ``branch_inputs``) while Q reads ``u``.
-
-        Same §5.2 math as ``backward``; the K and V logits are recomputed from u_kv, and the input gradients are
-        split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one tensor (``qk_tied``): autograd
-        then adds both weight gradients into it.
-        """
-        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau, u_kv = ctx.saved_tensors
-        bits = ctx.bits
-        need = ctx.needs_input_grad
-        grads = [None] * len(need)
-        y = readout(tau, v_at_tau, e0, e1, bits)
-        if need[6]:
-            grads[6] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
-        grad_y = grad_inj @ wout.to(grad_inj.dtype)
-        if need[4] or need[5]:
-            g0, g1 = readout_grads(grad_y, tau, v_at_tau, bits)
-            grads[4], grads[5] = g0.to(e0.dtype), g1.to(e1.dtype)
-        if not any(need[:4]) and not need[13]:
-            return tuple(grads)
         if not ctx.has_cf:
             raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
                                "(retrieval called with want_cf=False) but Q/K/V require gradients")
