@@ -92,23 +92,3 @@ class RosaBranchFunction(torch.autograd.Function):
             if need[13]:
                 grads[13] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
         return tuple(grads)
-        if not ctx.has_cf:
-            raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
-                               "(retrieval called with want_cf=False) but Q/K/V require gradients")
-        dt = ctx.logit_dtype
-        uq, ukv = u.to(dt), u_kv.to(dt)
-        with torch.no_grad():
-            zq = F.linear(uq, wq.to(dt))
-            zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
-        delta = (e1 - e0).detach()
-        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
-        del zq, zk, zv
-        gz = [g.to(dt) for g in gz]
-        for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):
-            if need[slot]:
-                grads[slot] = (_flat(g).t() @ _flat(x)).to(w.dtype)
-        if need[0]:
-            grads[0] = (gz[0] @ wq.to(dt)).to(u.dtype)
-        if need[13]:
-            grads[13] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
-        return tuple(grads)
