@@ -26,6 +26,18 @@ def tiny_model(token_channel: str = "off", window: Optional[int] = 8, global_lay
     rosa = RosaConfig(window=window, global_layers=global_layers, token_channel=token_channel,
                       rosa_layers=rosa_layers_, num_threads=1)
     model = build_rosa_model(tiny_config(), rosa).eval()
+    g = activate_branches(model, seed)
+    with torch.no_grad():
+        channel = getattr(model, "rosa_token", None)
+        if channel is not None:
+            for p in channel.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def activate_branches(model, seed: int) -> torch.Generator:
+    """Make every ROSA branch inject something: O(1) backbone matrices (x0.1 normal), random e0/e1 and
+    out_proj = I + 0.1 noise. Returns the generator, for callers that randomise more parameters."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -36,11 +48,7 @@ def tiny_model(token_channel: str = "off", window: Optional[int] = 8, global_lay
                 p.copy_(torch.randn(p.shape, generator=g))
             w = layer.rosa.out_proj.weight
             w.copy_(torch.eye(w.shape[0]) + 0.1 * torch.randn(w.shape, generator=g))
-        channel = getattr(model, "rosa_token", None)
-        if channel is not None:
-            for p in channel.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return g
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import randomize_values, tiny_config
+from tests.generation.helpers import activate_branches
 from rosa_lightning.generation import RosaGenerationCache
 from rosa_lightning.modeling import RosaBranch, RosaConfig, build_rosa_model, rosa_layers
 from rosa_lightning.modeling.branch_inputs import InputOptions, center_causal, shift_previous
@@ -169,16 +170,7 @@ def test_backward_is_chain_rule_of_the_counterfactual_logit_grads(opts):
 def _gen_model(opts, seed=0):
     """Like the generation tests' tiny model: O(1) backbone weights, random e0/e1 and out_proj."""
     model = _model(seed=seed, **opts)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and "rosa" not in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for layer in rosa_layers(model):
-            for p in (layer.rosa.e0, layer.rosa.e1):
-                p.copy_(torch.randn(p.shape, generator=g))
-            w = layer.rosa.out_proj.weight
-            w.copy_(torch.eye(w.shape[0]) + 0.1 * torch.randn(w.shape, generator=g))
+    activate_branches(model, seed)
     return model
 
 
