@@ -26,7 +26,7 @@ from learn import Arm, build, make_task, train_arm  # noqa: E402
 
 from rosa_lightning.data.synthetic import SyntheticDataset  # noqa: E402
 from rosa_lightning.modeling import GradOptions, rosa_layers  # noqa: E402
-from rosa_lightning.modeling.finite_diff import (STREAMS, StreamAgreement, estimates,  # noqa: E402
+from rosa_lightning.modeling.finite_diff import (STREAMS, randomize_values, StreamAgreement, estimates,  # noqa: E402
                                                  finite_differences, logit_grads, sample_probes)
 
 BEST = {"bits": 8, "kv_shift": True, "qk_tied": True}
@@ -79,14 +79,6 @@ def harness(model, task, num_probes: int, seed: int, scored: str = "answers") ->
             out[f"layer{li}"][name]["raw"] = {x: [fds[x].tolist(), estimates(lg, grads, x, probes[x]).tolist()]
                                              for x in STREAMS}
     return out
-
-
-def set_values(model, scale: float, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in rosa_layers(model):
-            for p in (layer.rosa.e0, layer.rosa.e1):
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
 def fmt(v) -> str:
@@ -186,7 +178,7 @@ def main(argv=None) -> dict:
             best = train_arm(ARMS["best"], task, args.steps, seed=args.seed, batch_size=args.batch_size,
                              log_every=args.log_every, eval_num=8)["model"]
         untrained = build(ARMS["best"], task.vocab_size, args.seed)
-        set_values(untrained, 0.5, args.seed)
+        randomize_values(untrained, 0.5, args.seed)
         results["harness"] = {"trained": harness(best, task, args.probes, args.seed),
                               "untrained": harness(untrained, task, args.probes, args.seed)}
         print(f"harness done ({time.time() - t0:.0f}s)", flush=True)

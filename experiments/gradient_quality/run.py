@@ -27,7 +27,7 @@ from transformers import Qwen3Config
 
 from rosa_lightning.data.synthetic import MQAR, SyntheticDataset
 from rosa_lightning.modeling import GradOptions, RosaConfig, build_rosa_model, rosa_layers
-from rosa_lightning.modeling.finite_diff import (STREAMS, StreamAgreement, estimates, finite_differences,
+from rosa_lightning.modeling.finite_diff import (STREAMS, randomize_values, StreamAgreement, estimates, finite_differences,
                                                  logit_grads, sample_probes)
 
 OPTIONS = {
@@ -45,14 +45,6 @@ def build(task: MQAR, seed: int) -> torch.nn.Module:
                            max_position_embeddings=1024)
     rosa = RosaConfig(bits=4, window=32, global_layers=0, num_threads=1, token_channel="off")
     return build_rosa_model(backbone, rosa)
-
-
-def set_values(model, scale: float, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in rosa_layers(model):
-            for p in (layer.rosa.e0, layer.rosa.e1):
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
 def train(model, task: MQAR, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3) -> float:
@@ -170,7 +162,7 @@ def main() -> None:
         for state in ("untrained", "trained"):
             model = build(task, seed)
             if state == "untrained":
-                set_values(model, args.e_scale, seed)
+                randomize_values(model, args.e_scale, seed)
             else:
                 accuracy[seed] = train(model, task, args.train_steps, seed)
             probe(model, state, probe_batch, args.loss, args.probes, seed, raw, groups)

@@ -91,6 +91,21 @@ class GradientCheck:
         return {name: s.summary() for name, s in self.streams.items()}
 
 
+def randomize_values(model: nn.Module, scale: float = 1.0, seed: int = 0) -> None:
+    """Give every ROSA branch non-zero e0/e1 (N(0, scale²), seeded) so it injects something.
+
+    At initialisation e0 = e1 = 0, so every counterfactual estimate and loss difference is exactly 0;
+    the harness needs an active branch.
+    """
+    from .model import rosa_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in rosa_layers(model):
+            for p in (layer.rosa.e0, layer.rosa.e1):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def _projections(branch: nn.Module) -> Dict[str, nn.Module]:
     return {x: getattr(branch, f"{x}_proj") for x in STREAMS}
 

@@ -1,7 +1,10 @@
 """Tiny Qwen3 configs for the modeling tests (2 layers, hidden 64, head_dim 16; no download)."""
 import pytest
 import torch
+
 from transformers import Qwen3Config
+
+from rosa_lightning.modeling.finite_diff import randomize_values  # noqa: F401  (tests import it from here)
 
 
 def tiny_config(layers: int = 2, **overrides) -> Qwen3Config:
@@ -22,11 +25,3 @@ def ids():
     return torch.randint(0, 97, (2, 48), generator=g)
 
 
-def randomize_values(model, scale: float = 1.0, seed: int = 0) -> None:
-    """Give every ROSA branch non-zero e0/e1 so it injects something."""
-    from rosa_lightning.modeling import rosa_layers
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in rosa_layers(model):
-            for p in (layer.rosa.e0, layer.rosa.e1):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
