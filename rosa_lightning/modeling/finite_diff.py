@@ -22,6 +22,12 @@ forward reads signs only, so nothing else changes); the bit's current value reus
 is what the branch's backward computes (``counterfactual_logit_grads`` with the branch's ``grad_options``), see
 ``logit_grads``. The loss is the scalar ``loss_fn(model)``; no parameter ``.grad`` is touched. Each probe costs one
 forward on the same batch.
+
+The same forward also gives the *first-order* effect of the flip, ``lin = sum(dL/dinj * (inj_forced - inj))``
+over every position of the layer's injection: what any estimate built from the change of the branch output can
+reach at best. Pearson(fd, lin) is the ceiling set by the loss's non-linearity (and by the cascade through later
+ROSA layers); Pearson(est, lin) isolates the error of the counterfactual itself (wrong destinations, missed
+positions). ``StreamAgreement.pearson_ci`` gives a bootstrap interval: a few large probes often dominate.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class StreamAgreement:
     fd: np.ndarray
     est: np.ndarray
     where: np.ndarray
+    first_order: Optional[np.ndarray] = None  # float64 [n]: dL/dinj . (inj_forced - inj), see module doc
 
     @property
     def informative(self) -> np.ndarray:
@@ -58,10 +65,36 @@ class StreamAgreement:
     @property
     def pearson(self) -> float:
         """Pearson correlation of est and fd over the informative probes (NaN with fewer than 3 or no variance)."""
+        return _pearson(self.fd, self.est)
+
+    @property
+    def spearman(self) -> float:
+        """Rank correlation of est and fd over the informative probes (robust to a few dominant probes)."""
         m = self.informative
-        if m.sum() < 3 or np.std(self.fd[m]) == 0 or np.std(self.est[m]) == 0:
-            return float("nan")
-        return float(np.corrcoef(self.fd[m], self.est[m])[0, 1])
+        return _pearson(_ranks(self.fd[m]), _ranks(self.est[m])) if m.sum() >= 3 else float("nan")
+
+    def pearson_ci(self, level: float = 0.9, num_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """Percentile bootstrap interval of ``pearson`` (probes resampled with replacement)."""
+        m = np.flatnonzero(self.informative)
+        if len(m) < 3:
+            return float("nan"), float("nan")
+        rng = np.random.default_rng(seed)
+        boots = [_pearson(self.fd[i], self.est[i]) for i in m[rng.integers(0, len(m), size=(num_boot, len(m)))]]
+        boots = np.array([b for b in boots if b == b])
+        if len(boots) == 0:
+            return float("nan"), float("nan")
+        lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+        return float(lo), float(hi)
+
+    @property
+    def ceiling(self) -> float:
+        """Pearson(fd, first_order): how far the loss is from linear in the injection (NaN without first_order)."""
+        return float("nan") if self.first_order is None else _pearson(self.fd, self.first_order)
+
+    @property
+    def est_vs_first_order(self) -> float:
+        """Pearson(est, first_order): the counterfactual's own error, the loss's non-linearity removed."""
+        return float("nan") if self.first_order is None else _pearson(self.first_order, self.est)
 
     @property
     def sign_agreement(self) -> float:
@@ -76,8 +109,30 @@ class StreamAgreement:
         return float(np.mean(self.est[m] != 0)) if m.any() else float("nan")
 
     def summary(self) -> Dict[str, float]:
-        return {"n": int(len(self.fd)), "informative": int(self.informative.sum()), "pearson": self.pearson,
-                "sign_agreement": self.sign_agreement, "coverage": self.coverage}
+        lo, hi = self.pearson_ci()
+        out = {"n": int(len(self.fd)), "informative": int(self.informative.sum()), "pearson": self.pearson,
+               "pearson_lo": lo, "pearson_hi": hi, "spearman": self.spearman,
+               "sign_agreement": self.sign_agreement, "coverage": self.coverage}
+        if self.first_order is not None:
+            out.update(ceiling=self.ceiling, est_vs_first_order=self.est_vs_first_order)
+        return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation over entries where a or b is non-zero (NaN with fewer than 3 or no variance)."""
+    m = (a != 0) | (b != 0)
+    if m.sum() < 3 or np.std(a[m]) == 0 or np.std(b[m]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[m], b[m])[0, 1])
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), 1-based, as float64."""
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(1, len(a) + 1)
+    _, inv = np.unique(a, return_inverse=True)
+    return np.bincount(inv, weights=ranks)[inv] / np.bincount(inv)[inv]
 
 
 @dataclass
@@ -155,6 +210,8 @@ class LogitGrads:
     delta: torch.Tensor
     bits: int
     e0: Optional[torch.Tensor] = None
+    inj: Optional[torch.Tensor] = None  # the layer's injection site value (detached), see ``_injection_hook``
+    grad_inj: Optional[torch.Tensor] = None  # dL/dinj [B, T, C]
 
     def grads(self, options: GradOptions) -> Dict[str, torch.Tensor]:
         """dL/dz per stream, fp32 [B, T, C], as the branch backward computes it with ``options``."""
@@ -184,18 +241,9 @@ def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module
     def keep_u(_mod, args):
         seen["u"] = args[0].detach()
 
-    def keep_h(_mod, args):
-        seen["inj"] = args[0]
-
-    def keep_inj(_mod, _inp, out):
-        seen["inj"] = out
-
     regs = [(m.register_forward_hook, keep(x)) for x, m in _projections(branch).items()]
     regs.append((branch.q_proj.register_forward_pre_hook, keep_u))
-    if layer.rosa_runtime.config.injection == "post_attn":
-        regs.append((layer.post_attention_layernorm.register_forward_pre_hook, keep_h))
-    else:
-        regs.append((branch.register_forward_hook, keep_inj))
+    regs.append(_injection_hook(layer, seen))
     with torch.enable_grad(), _hooks(*regs):
         loss = loss_fn(model)
     if "inj" not in seen or len(z) != 3:
@@ -209,7 +257,23 @@ def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module
         dev = z["q"].device
     return LogitGrads(loss=float(loss.detach()), z=z, u=seen["u"], grad_y=grad_y, tau=match.tau.to(dev),
                       cf=match.cf.to(dev), delta=(branch.e1 - branch.e0).detach(), bits=bits,
-                      e0=branch.e0.detach())
+                      e0=branch.e0.detach(), inj=seen["inj"].detach(), grad_inj=g_inj.detach())
+
+
+def _injection_hook(layer: nn.Module, store: Dict[str, torch.Tensor]):
+    """A hook registration that puts the layer's injection site value into ``store["inj"]`` on every forward.
+
+    ``post_attn``: the input of ``post_attention_layernorm``, h = (x + attn) + inj; the branch does not change
+    the layer's attention, so a flip changes h exactly by the change of inj. ``pre_attn``: the branch output.
+    """
+    if layer.rosa_runtime.config.injection == "post_attn":
+        def keep_h(_mod, args):
+            store["inj"] = args[0]
+        return layer.post_attention_layernorm.register_forward_pre_hook, keep_h
+
+    def keep_inj(_mod, _inp, out):
+        store["inj"] = out
+    return layer.rosa.register_forward_hook, keep_inj
 
 
 def sample_probes(lg: LogitGrads, num_probes: int, streams=STREAMS, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -247,16 +311,26 @@ def sample_probes(lg: LogitGrads, num_probes: int, streams=STREAMS, seed: int = 
 
 
 def finite_differences(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
-                       lg: LogitGrads, stream: str, probes: np.ndarray) -> np.ndarray:
-    """float64 [n]: L(bit = 1) - L(bit = 0) for each probe (b, t, c) of ``stream``, one forward per probe."""
+                       lg: LogitGrads, stream: str, probes: np.ndarray, first_order: bool = False):
+    """float64 [n]: L(bit = 1) - L(bit = 0) for each probe (b, t, c) of ``stream``, one forward per probe.
+
+    With ``first_order=True`` returns ``(fd, lin)``: ``lin`` is the first-order effect of the same flip,
+    dL/dinj . (inj(bit = 1) - inj(bit = 0)), from the same forwards (see the module doc).
+    """
     z = lg.z[stream]
     fd = np.zeros(len(probes))
+    lin = np.zeros(len(probes))
+    seen: Dict[str, torch.Tensor] = {}
+    regs = (_injection_hook(layer, seen),) if first_order else ()
     for i, (b, t, c) in enumerate(probes.tolist()):
         cur = int(z[b, t, c] > 0)
-        with torch.no_grad(), force_bit(layer, stream, b, t, c, 1 - cur):
+        sign = 1.0 if cur == 0 else -1.0
+        with torch.no_grad(), force_bit(layer, stream, b, t, c, 1 - cur), _hooks(*regs):
             flipped = float(loss_fn(model))
-        fd[i] = (flipped - lg.loss) if cur == 0 else (lg.loss - flipped)
-    return fd
+        fd[i] = sign * (flipped - lg.loss)
+        if first_order:
+            lin[i] = sign * float((lg.grad_inj.double() * (seen["inj"].double() - lg.inj.double())).sum())
+    return (fd, lin) if first_order else fd
 
 
 def estimates(lg: LogitGrads, grads: Dict[str, torch.Tensor], stream: str, probes: np.ndarray) -> np.ndarray:
@@ -284,14 +358,15 @@ def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Mod
         seed: seed of the probe sampler.
         options: gradient options of the estimate; None = the branch's own ``grad_options``.
     Returns:
-        GradientCheck with per-stream fd/est arrays, Pearson correlation, sign agreement and coverage.
+        GradientCheck with per-stream fd/est/first-order arrays, Pearson correlation (with a bootstrap interval),
+        Spearman, sign agreement, coverage, and the first-order ceiling.
     """
     probes_lg = logit_grads(model, layer, loss_fn)
     probes = sample_probes(probes_lg, num_probes, streams, seed)
     grads = probes_lg.grads(layer.rosa.grad_options if options is None else options)
     result = GradientCheck(loss=probes_lg.loss)
     for x in streams:
-        fd = finite_differences(model, layer, loss_fn, probes_lg, x, probes[x])
+        fd, lin = finite_differences(model, layer, loss_fn, probes_lg, x, probes[x], first_order=True)
         est = estimates(probes_lg, grads, x, probes[x])
-        result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes[x])
+        result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes[x], first_order=lin)
     return result

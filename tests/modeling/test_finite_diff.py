@@ -102,3 +102,58 @@ def test_options_change_only_their_stream():
     np.testing.assert_array_equal(ref.streams["q"].est, matched.streams["q"].est)
     np.testing.assert_array_equal(ref.streams["v"].est, matched.streams["v"].est)
     assert not np.array_equal(ref.streams["k"].est, matched.streams["k"].est)
+
+
+def test_first_order_is_the_loss_difference_when_the_loss_is_linear():
+    # With tiny e0/e1 the loss is linear in the injection: the first-order effect of every flip is the exact
+    # difference (ceiling 1), and V's estimate is that first-order effect.
+    model, loss_fn = make(e_scale=1e-4, dtype=torch.float64)
+    res = gradient_check(model, rosa_layers(model)[1], loss_fn, num_probes=24)
+    for x, s in res.streams.items():
+        assert s.first_order is not None and (s.fd != 0).sum() >= 5, x
+        assert s.ceiling > 0.999, x
+        np.testing.assert_allclose(s.first_order, s.fd, rtol=0.05, atol=1e-9)
+    assert res.streams["v"].est_vs_first_order > 0.999
+
+
+def test_q_estimate_with_hard_field_and_e0_term_is_first_order_exact():
+    # Under cf_field="hard" + e0 term the Q counterfactual computes the flipped position's exact new output
+    # (e0 + delta * V bit at the flipped destination, or 0): it differs from the first-order effect only where
+    # the flip also moves other positions' retrievals (run splits, longer contexts), rare at bits = 8.
+    torch.manual_seed(0)
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=8, window=8, global_layers=0, num_threads=1))
+    randomize_values(model, scale=1.0, seed=0)
+    ids = torch.randint(0, 97, (2, 48), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(m):
+        return m(input_ids=ids, labels=ids).loss
+
+    layer = rosa_layers(model)[0]
+    res = gradient_check(model, layer, loss_fn, num_probes=96, streams=("q",),
+                         options=GradOptions(field="hard", e0_term=True))
+    q = res.streams["q"]
+    m = q.informative
+    assert m.sum() >= 5
+    close = np.isclose(q.est[m], q.first_order[m], rtol=1e-3, atol=1e-6)
+    assert close.mean() >= 0.8, close.mean()
+    assert q.est_vs_first_order > 0.9
+    published = gradient_check(model, layer, loss_fn, num_probes=96, streams=("q",)).streams["q"]
+    m = published.informative
+    assert np.isclose(published.est[m], published.first_order[m], rtol=1e-3, atol=1e-6).mean() < close.mean()
+
+
+def test_agreement_statistics():
+    from rosa_lightning.modeling.finite_diff import StreamAgreement
+
+    rng = np.random.default_rng(0)
+    fd = rng.normal(size=200)
+    s = StreamAgreement("q", fd=fd, est=np.exp(fd), where=np.zeros((200, 3), dtype=np.int64), first_order=2 * fd)
+    assert s.spearman == pytest.approx(1.0)  # monotone, not linear
+    assert 0.5 < s.pearson < 0.95
+    lo, hi = s.pearson_ci()
+    assert lo <= s.pearson <= hi and hi - lo < 0.3
+    assert s.ceiling == pytest.approx(1.0) and s.est_vs_first_order == pytest.approx(s.pearson)
+    ties = StreamAgreement("k", fd=np.array([1.0, 1.0, 2.0, 3.0]), est=np.array([5.0, 5.0, 6.0, 7.0]),
+                           where=np.zeros((4, 3), dtype=np.int64))
+    assert ties.spearman == pytest.approx(1.0) and np.isnan(ties.ceiling)
+    assert set(s.summary()) >= {"pearson_lo", "pearson_hi", "spearman", "ceiling", "est_vs_first_order"}
