@@ -10,11 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .counterfactual import GRAD_MODES, K_CREDITS
+
 INJECTIONS = ("post_attn", "pre_attn")
 TOKEN_CHANNELS = ("off", "shared", "own")
 CF_FIELDS = ("soft", "hard")
-GRAD_MODES = ("published",)
-K_CREDITS = ("reference", "matched")
 CENTER_U = ("off", "causal_mean")
 
 
@@ -36,7 +36,10 @@ class RosaConfig:
         num_threads: retrieval kernel threads, "auto" = spec §7.3 budget, or a positive int.
         cf_field: value field of the counterfactual gradient: "soft" (sigmoid(zv), default) or
             "hard" (1[zv > 0]).
-        grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly.
+        grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly, "relaxed" takes the
+            Q and K gradients from a soft single-symbol match over all earlier positions (O(T^2), study scale;
+            ``modeling/relaxed.py``).
+        relax_beta: inverse temperature of the "relaxed" soft match (> 0).
         k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
             run's start, spec §5.3 A3) or "matched" (the matched run's start).
         cf_e0_term: gradient option (off = published, spec §5.3 A1): count a counterfactual destination's
@@ -59,6 +62,7 @@ class RosaConfig:
     num_threads: Union[str, int] = "auto"
     cf_field: str = "soft"
     grad_mode: str = "published"
+    relax_beta: float = 1.0
     k_credit: str = "reference"
     cf_e0_term: bool = False
     kv_shift: bool = False
@@ -84,6 +88,8 @@ class RosaConfig:
         _check_choice("token_channel", self.token_channel, TOKEN_CHANNELS)
         _check_choice("cf_field", self.cf_field, CF_FIELDS)
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
+        if isinstance(self.relax_beta, bool) or not isinstance(self.relax_beta, (int, float)) or not self.relax_beta > 0:
+            raise ValueError(f"RosaConfig.relax_beta must be a number > 0, got {self.relax_beta!r}")
         _check_choice("k_credit", self.k_credit, K_CREDITS)
         _check_choice("center_u", self.center_u, CENTER_U)
         for name in ("cf_e0_term", "kv_shift", "qk_tied"):

@@ -14,10 +14,12 @@ from typing import Optional
 
 import torch
 
+from .relaxed import relaxed_qk_grads
 from .symbols import pack_symbols, run_starts, unpack_bits
 
 
 K_CREDITS = ("reference", "matched")
+GRAD_MODES = ("published", "relaxed")
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,11 @@ class GradOptions:
 
     Attributes:
         field: "soft" uses F = sigmoid(zv) as the value field for Q and K, "hard" uses 1[zv > 0].
-        mode: "published" (A1-A4 of spec §5.3). New variants get a new name here and a branch
-            in ``counterfactual_logit_grads``; the default never changes.
+        mode: "published" (A1-A4 of spec §5.3) or "relaxed": the Q and K gradients of a soft single-symbol
+            match over every earlier position (``relaxed.py``; V and e0/e1 stay as published, ``k_credit``
+            and ``e0_term`` do not apply). New variants get a new name here and a branch in
+            ``counterfactual_logit_grads``; the default never changes.
+        relax_beta: inverse temperature of the "relaxed" soft match (> 0).
         k_credit: which K bits receive the credit of a flipped-Q destination omega = s_{e+1}:
             "reference" the start of the successor run e+1 (published, spec §5.3 A3), "matched" the
             start of the matched run e, whose symbol the flipped query bit has to agree with.
@@ -40,6 +45,7 @@ class GradOptions:
     mode: str = "published"
     k_credit: str = "reference"
     e0_term: bool = False
+    relax_beta: float = 1.0
 
     def __post_init__(self) -> None:
         if self.field not in ("soft", "hard"):
@@ -48,8 +54,10 @@ class GradOptions:
             raise ValueError(f"GradOptions.k_credit must be one of {K_CREDITS}, got {self.k_credit!r}")
         if not isinstance(self.e0_term, bool):
             raise ValueError(f"GradOptions.e0_term must be a bool, got {self.e0_term!r}")
-        if self.mode != "published":
-            raise ValueError(f"GradOptions.mode must be 'published', got {self.mode!r}")
+        if self.mode not in GRAD_MODES:
+            raise ValueError(f"GradOptions.mode must be one of {GRAD_MODES}, got {self.mode!r}")
+        if isinstance(self.relax_beta, bool) or not isinstance(self.relax_beta, (int, float)) or not self.relax_beta > 0:
+            raise ValueError(f"GradOptions.relax_beta must be a number > 0, got {self.relax_beta!r}")
 
 
 def _valid_channels(tau: torch.Tensor, bits: int) -> torch.Tensor:
@@ -154,6 +162,9 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     s_v = torch.zeros_like(theta).index_add_(0, idx_tau, theta * valid.unsqueeze(1))
     grad_v = _dsigmoid(zv_p) * s_v
     del s_v, zv_p
+    if options.mode == "relaxed":
+        gq, gk = relaxed_qk_grads(zq, zk, zv, grad_y, delta, M, options.relax_beta, options.field)
+        return gq, gk, _from_pairs(grad_v, B, T, M)
 
     # Q-runs from the signs of zq; the unflipped destination of every t is tau at its run start.
     q_sym = pack_symbols(zq, M).transpose(1, 2)  # [B, R, T]

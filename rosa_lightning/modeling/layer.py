@@ -103,4 +103,5 @@ def _input_options(cfg: RosaConfig) -> InputOptions:
 
 
 def _grad_options(cfg: RosaConfig) -> GradOptions:
-    return GradOptions(field=cfg.cf_field, mode=cfg.grad_mode, k_credit=cfg.k_credit, e0_term=cfg.cf_e0_term)
+    return GradOptions(field=cfg.cf_field, mode=cfg.grad_mode, k_credit=cfg.k_credit, e0_term=cfg.cf_e0_term,
+                       relax_beta=float(cfg.relax_beta))
