@@ -38,6 +38,8 @@ class Arm:
     qk_lr_scale: float = 1.0  # learning-rate multiplier of the Q and K projections (0 = frozen)
     k_copy_q: bool = False  # untied K projection initialised as a copy of Q's (the prototype's variant)
     seed_offset: int = 0  # added to the run's seed (init and data): repeats of an arm
+    curriculum_steps: int = 0  # filler-length curriculum: T grows linearly from curriculum_start to the task's T
+    curriculum_start: int = 64
 
 
 def make_task(seq_len: int = 256, num_pairs: int = 8) -> MQAR:
@@ -60,11 +62,20 @@ def build(arm: Arm, vocab_size: int, seed: int) -> torch.nn.Module:
     return model
 
 
-def batches(task: MQAR, batch_size: int, seed: int):
+def batches(task: MQAR, batch_size: int, seed: int, arm: Optional[Arm] = None):
+    """Training batches; under a curriculum (``arm.curriculum_steps``) step s uses the filler length of
+    T(s) = start + (T - start) * s / curriculum_steps (rounded to 8), then the task's T."""
     data = SyntheticDataset(task, 10 ** 9, seed=seed)
-    i = 0
+    i = step = 0
     while True:
-        yield torch.utils.data.default_collate([data[i + j] for j in range(batch_size)])
+        step += 1
+        if arm is not None and arm.curriculum_steps and step <= arm.curriculum_steps:
+            frac = step / arm.curriculum_steps
+            t = int(round((arm.curriculum_start + (task.seq_len - arm.curriculum_start) * frac) / 8) * 8)
+            d = SyntheticDataset(dataclasses.replace(task, seq_len=min(task.seq_len, t)), 10 ** 9, seed=seed)
+            yield torch.utils.data.default_collate([d[i + j] for j in range(batch_size)])
+        else:
+            yield torch.utils.data.default_collate([data[i + j] for j in range(batch_size)])
         i += batch_size
 
 
@@ -142,13 +153,14 @@ def param_groups(model, arm: Arm) -> list[dict]:
 
 def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int = 16, log_every: int = 25,
               time_limit_s: Optional[float] = None, eval_lengths=(1, 4), eval_num: int = 64,
-              on_log: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train one arm; returns {"arm", "curve": [...], "final": {...}}."""
+              on_log: Optional[Callable[[dict], None]] = None, snapshots=()) -> dict:
+    """Train one arm; returns {"arm", "curve": [...], "final": {...}, "model", "snapshots": {step: state_dict}}."""
     seed = seed + arm.seed_offset
     model = build(arm, task.vocab_size, seed)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, arm), lr=arm.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    data = batches(task, batch_size, seed)
+    data = batches(task, batch_size, seed, arm)
+    saved = {}
     curve = []
     t0 = time.time()
     acc_window = []
@@ -159,6 +171,8 @@ def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int =
         out.loss.backward()
         opt.step()
         acc_window.append(float(answer_accuracy(out.logits.detach(), batch["input_ids"], batch["answer_mask"])))
+        if step in snapshots:
+            saved[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         stop = time_limit_s is not None and time.time() - t0 > time_limit_s
         if step % log_every == 0 or step == 1 or step == steps or stop:
             row = {"step": step, "seconds": round(time.time() - t0, 1), "loss": float(out.loss.detach()),
@@ -176,4 +190,4 @@ def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int =
         final[f"right_slot_x{mult}"] = right_slot_rates(
             model, t, torch.utils.data.default_collate([SyntheticDataset(t, 8, seed=20_000)[i]
                                                          for i in range(8)])["input_ids"])
-    return {"arm": dataclasses.asdict(arm), "curve": curve, "final": final, "model": model}
+    return {"arm": dataclasses.asdict(arm), "curve": curve, "final": final, "model": model, "snapshots": saved}

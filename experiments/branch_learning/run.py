@@ -44,25 +44,33 @@ ARMS = {
     "best_matched_e0": Arm("best_matched_e0", {**BEST, "k_credit": "matched", "cf_e0_term": True}),
     "best_seed1": Arm("best_seed1", dict(BEST), seed_offset=1),
     "best_seed2": Arm("best_seed2", dict(BEST), seed_offset=2),
+    "best_relaxed": Arm("best_relaxed", {**BEST, "grad_mode": "relaxed"}),
+    "kv_shift_m8_relaxed": Arm("kv_shift_m8_relaxed", {"bits": 8, "kv_shift": True, "grad_mode": "relaxed"}),
+    "reference_relaxed": Arm("reference_relaxed", {"grad_mode": "relaxed"}),
+    "reference_m8_curriculum": Arm("reference_m8_curriculum", {"bits": 8}, curriculum_steps=150),
+    "shift_tied_m4_curriculum": Arm("shift_tied_m4_curriculum", {"kv_shift": True, "qk_tied": True},
+                                    curriculum_steps=150),
 }
+HARNESS_SEEDS = {"best": 0, "best_seed1": 1, "best_seed2": 2}  # arms whose models the harness probes
+LEARNING_STEP = 50  # default of --learning-step: the "learning" state, a snapshot while accuracy still rises
 GRAD_OPTIONS = {
     "reference": GradOptions(),
     "k_credit=matched": GradOptions(k_credit="matched"),
     "cf_field=hard": GradOptions(field="hard"),
-    "matched+hard": GradOptions(field="hard", k_credit="matched"),
     "e0_term": GradOptions(e0_term=True),
     "matched+e0_term": GradOptions(k_credit="matched", e0_term=True),
+    "hard+e0_term": GradOptions(field="hard", e0_term=True),
     "matched+hard+e0_term": GradOptions(field="hard", k_credit="matched", e0_term=True),
+    "relaxed": GradOptions(mode="relaxed"),
 }
 
 
-def harness(model, task, num_probes: int, seed: int, scored: str = "answers") -> dict:
-    """Per ROSA layer and gradient option: Pearson / sign agreement / coverage of estimate vs exact difference."""
+def harness(model, task, num_probes: int, seed: int) -> dict:
+    """Per ROSA layer: the probes' exact differences, first-order effects and every option's estimates (raw)."""
     ids_batch = torch.utils.data.default_collate([SyntheticDataset(task, 4, seed=30_000)[i] for i in range(4)])
-    ids = ids_batch["input_ids"]
-    labels = ids_batch["labels"] if scored == "answers" else ids
+    ids, labels = ids_batch["input_ids"], ids_batch["labels"]
 
-    def loss_fn(m):
+    def loss_fn(m):  # cross-entropy of the MQAR answers of 4 held-out sequences
         return m(input_ids=ids, labels=labels).loss
 
     model.eval()
@@ -70,14 +78,35 @@ def harness(model, task, num_probes: int, seed: int, scored: str = "answers") ->
     for li, layer in enumerate(rosa_layers(model)):
         lg = logit_grads(model, layer, loss_fn)
         probes = sample_probes(lg, num_probes, seed=seed)
-        fds = {x: finite_differences(model, layer, loss_fn, lg, x, probes[x]) for x in STREAMS}
-        out[f"layer{li}"] = {}
-        for name, opts in GRAD_OPTIONS.items():
-            grads = lg.grads(opts)
-            out[f"layer{li}"][name] = {
-                x: StreamAgreement(x, fds[x], estimates(lg, grads, x, probes[x]), probes[x]).summary() for x in STREAMS}
-            out[f"layer{li}"][name]["raw"] = {x: [fds[x].tolist(), estimates(lg, grads, x, probes[x]).tolist()]
-                                             for x in STREAMS}
+        raw = {"loss": lg.loss}
+        for x in STREAMS:
+            fd, lin = finite_differences(model, layer, loss_fn, lg, x, probes[x], first_order=True)
+            raw[x] = {"fd": fd.tolist(), "first_order": lin.tolist(),
+                      "est": {name: estimates(lg, lg.grads(o), x, probes[x]).tolist()
+                              for name, o in GRAD_OPTIONS.items()}}
+        out[f"layer{li}"] = raw
+    return out
+
+
+def agreement(raws: list, stream: str, option: str) -> StreamAgreement:
+    """One StreamAgreement over the probes of several harness runs (pooled)."""
+    cat = lambda key: np.concatenate([np.asarray(r[stream][key], dtype=float) for r in raws])  # noqa: E731
+    est = np.concatenate([np.asarray(r[stream]["est"][option], dtype=float) for r in raws])
+    return StreamAgreement(stream, fd=cat("fd"), est=est, where=np.zeros((len(est), 3), dtype=np.int64),
+                           first_order=cat("first_order"))
+
+
+def harness_summary(per_seed: dict) -> dict:
+    """{state: {layer: {option: {stream: summary (pooled over seeds)}, "per_seed": ...}}} from the raw runs."""
+    out = {}
+    for state, seeds in per_seed.items():
+        out[state] = {}
+        for layer in next(iter(seeds.values())):
+            raws = [seeds[k][layer] for k in seeds]
+            out[state][layer] = {name: {x: agreement(raws, x, name).summary() for x in STREAMS}
+                                 for name in GRAD_OPTIONS}
+            out[state][layer]["per_seed"] = {
+                name: {x: [agreement([r], x, name).pearson for r in raws] for x in STREAMS} for name in GRAD_OPTIONS}
     return out
 
 
@@ -98,6 +127,8 @@ def tables(results: dict) -> str:
             opts += f", Q/K lr x{arm['qk_lr_scale']}"
         if arm.get("seed_offset"):
             opts += f", seed +{arm['seed_offset']}"
+        if arm.get("curriculum_steps"):
+            opts += f", filler curriculum T {arm['curriculum_start']} -> full over {arm['curriculum_steps']} steps"
         if (arm["hidden"], arm["layers"]) != (64, 2):
             opts += f", hidden {arm['hidden']}, {arm['layers']} layers"
         first = next((c["step"] for c in curve if c["train_acc"] >= 0.9), None)
@@ -107,15 +138,35 @@ def tables(results: dict) -> str:
         lines.append(f"| {name} | {opts} | {final['steps']} | {final['seconds']:.0f} | {final['acc_x1']:.3f} | "
                      f"{final['acc_x4']:.3f} | {first if first else 'never'} | " + " | ".join(cells[:2]) + " |")
     if "harness" in results:
-        lines += ["", "## Finite differences (best arm's model; loss = MQAR answers of 4 held-out sequences)", "",
-                  "| state | layer | gradient option | Q Pearson | K Pearson | V Pearson | Q sign | K sign | V sign | "
-                  "Q cov | K cov | V cov | informative Q/K/V |", "|" + "---|" * 13]
-        for state, per_layer in results["harness"].items():
+        h = results["harness"]
+        lines += ["", "## Finite differences: agreement of each gradient option with the exact loss difference", "",
+                  f"Pooled over the models of {', '.join(results['harness_arms'])} (one per seed); "
+                  "Pearson with its 90% bootstrap interval; loss = MQAR answers of 4 held-out sequences.", "",
+                  "| state | layer | gradient option | Q Pearson | K Pearson | V Pearson | Q/K/V Spearman | "
+                  "Q/K/V sign | Q/K/V coverage | Q/K/V est vs first order |", "|" + "---|" * 10]
+        for state, per_layer in h.items():
             for layer, per_opt in per_layer.items():
-                for name, s in per_opt.items():
-                    cells = [fmt(s[x][m]) for m in ("pearson", "sign_agreement", "coverage") for x in STREAMS]
-                    inf = "/".join(str(s[x]["informative"]) for x in STREAMS)
-                    lines.append(f"| {state} | {layer[5:]} | {name} | " + " | ".join(cells) + f" | {inf} |")
+                for name in GRAD_OPTIONS:
+                    s_ = per_opt[name]
+                    cells = [f"{fmt(s_[x]['pearson'])} [{fmt(s_[x]['pearson_lo'])}, {fmt(s_[x]['pearson_hi'])}]"
+                             for x in STREAMS]
+                    for m in ("spearman", "sign_agreement", "coverage", "est_vs_first_order"):
+                        cells.append("/".join(fmt(s_[x][m]) for x in STREAMS))
+                    lines.append(f"| {state} | {layer[5:]} | {name} | " + " | ".join(cells) + " |")
+        lines += ["", "### Ceiling: Pearson(exact difference, first-order effect of the flip on the injection)", "",
+                  "| state | layer | Q ceiling | K ceiling | V ceiling | informative probes Q/K/V |", "|" + "---|" * 6]
+        for state, per_layer in h.items():
+            for layer, per_opt in per_layer.items():
+                s_ = per_opt["reference"]
+                lines.append(f"| {state} | {layer[5:]} | " + " | ".join(fmt(s_[x]["ceiling"]) for x in STREAMS)
+                             + " | " + "/".join(str(s_[x]["informative"]) for x in STREAMS) + " |")
+        lines += ["", "### Per-seed Pearson, layer 0", "",
+                  "| state | gradient option | Q | K | V |", "|" + "---|" * 5]
+        for state, per_layer in h.items():
+            per_seed = per_layer["layer0"]["per_seed"]
+            for name in ("reference", "matched+e0_term", "hard+e0_term", "matched+hard+e0_term", "relaxed"):
+                lines.append(f"| {state} | {name} | " + " | ".join(
+                    ", ".join(fmt(v) for v in per_seed[name][x]) for x in STREAMS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +205,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-num", type=int, default=64, help="held-out sequences per evaluated length")
     ap.add_argument("--probes", type=int, default=128, help="harness bits per stream and layer")
     ap.add_argument("--no-harness", action="store_true")
+    ap.add_argument("--learning-step", type=int, default=LEARNING_STEP,
+                    help="step of the harness's 'learning' snapshot (clamped to --steps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
@@ -163,31 +216,41 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    snap = (min(args.learning_step, args.steps),)
     results = {"args": vars(args), "arms": {}}
-    models = {}
+    models, snapshots = {}, {}
     for name in args.arms:
         r = train_arm(ARMS[name], task, args.steps, seed=args.seed, batch_size=args.batch_size,
                       log_every=args.log_every, eval_num=args.eval_num,
-                      on_log=lambda row, n=name: print(n, row, flush=True))
+                      on_log=lambda row, n=name: print(n, row, flush=True),
+                      snapshots=snap if name in HARNESS_SEEDS else ())
         models[name] = r.pop("model")
+        snapshots[name] = r.pop("snapshots")
         results["arms"][name] = r
         print(name, "final", r["final"], f"({time.time() - t0:.0f}s)", flush=True)
     if not args.no_harness:
-        best = models.get("best")
-        if best is None:
-            best = train_arm(ARMS["best"], task, args.steps, seed=args.seed, batch_size=args.batch_size,
-                             log_every=args.log_every, eval_num=8)["model"]
-        untrained = build(ARMS["best"], task.vocab_size, args.seed)
-        randomize_values(untrained, 0.5, args.seed)
-        results["harness"] = {"trained": harness(best, task, args.probes, args.seed),
-                              "untrained": harness(untrained, task, args.probes, args.seed)}
-        print(f"harness done ({time.time() - t0:.0f}s)", flush=True)
+        per_seed = {"untrained": {}, "learning": {}, "trained": {}}
+        harness_arms = [a for a in HARNESS_SEEDS if a in models] or ["best"]
+        for name in harness_arms:
+            arm = ARMS[name]
+            if name not in models:
+                r = train_arm(arm, task, args.steps, seed=args.seed, batch_size=args.batch_size,
+                              log_every=args.log_every, eval_num=8, snapshots=snap)
+                models[name], snapshots[name] = r["model"], r["snapshots"]
+            hseed = args.seed + arm.seed_offset
+            untrained = build(arm, task.vocab_size, hseed)
+            randomize_values(untrained, 0.5, hseed)
+            per_seed["untrained"][name] = harness(untrained, task, args.probes, hseed)
+            learning = build(arm, task.vocab_size, hseed)
+            learning.load_state_dict(snapshots[name][snap[0]])
+            per_seed["learning"][name] = harness(learning, task, args.probes, hseed)
+            per_seed["trained"][name] = harness(models[name], task, args.probes, hseed)
+            print(f"harness {name} done ({time.time() - t0:.0f}s)", flush=True)
+        results["harness_arms"] = harness_arms
+        results["harness_raw"] = per_seed
+        results["harness"] = harness_summary(per_seed)
     results["seconds"] = time.time() - t0
-    raw_free = json.loads(json.dumps(results))
-    for per_layer in raw_free.get("harness", {}).values():
-        for per_opt in per_layer.values():
-            for s in per_opt.values():
-                s.pop("raw", None)
+    raw_free = {k: v for k, v in results.items() if k != "harness_raw"}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(tables(raw_free))
     if not args.no_plot:

@@ -8,17 +8,23 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "branch_learning"
 
 
 def test_branch_learning_study_smoke(tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "--arms", "reference", "best", "--steps", "2", "--seq-len", "64",
+    arms = ["reference", "best", "best_relaxed", "reference_m8_curriculum"]
+    cmd = [sys.executable, str(SCRIPT), "--arms", *arms, "--steps", "2", "--seq-len", "64",
            "--batch-size", "2", "--log-every", "1", "--eval-num", "2", "--probes", "3", "--out", str(tmp_path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["arms"]) == {"reference", "best"}
+    assert set(results["arms"]) == set(arms)
     for r in results["arms"].values():
         assert [c["step"] for c in r["curve"]] == [1, 2]
         assert len(r["curve"][0]["right_slot"]) == 2 and 0.0 <= r["final"]["acc_x4"] <= 1.0
-    assert set(results["harness"]) == {"trained", "untrained"}
+    assert results["harness_arms"] == ["best"]
+    assert set(results["harness"]) == {"untrained", "learning", "trained"}
     for per_layer in results["harness"].values():
         assert set(per_layer) == {"layer0", "layer1"}
-        assert {"reference", "k_credit=matched", "e0_term", "matched+e0_term"} <= set(per_layer["layer0"])
+        assert {"reference", "matched+e0_term", "hard+e0_term", "relaxed", "per_seed"} <= set(per_layer["layer0"])
+        q = per_layer["layer0"]["reference"]["q"]
+        assert {"pearson", "pearson_lo", "spearman", "ceiling", "est_vs_first_order"} <= set(q)
+    raw = results["harness_raw"]["trained"]["best"]["layer0"]["q"]
+    assert len(raw["fd"]) == len(raw["first_order"]) == len(raw["est"]["relaxed"]) > 0
     assert (tmp_path / "results.md").read_text().startswith("## MQAR arms")
     assert (tmp_path / "curves.png").stat().st_size > 0
