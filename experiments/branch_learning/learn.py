@@ -22,6 +22,7 @@ from transformers import Qwen3Config
 
 from rosa_lightning.data.synthetic import MQAR, SyntheticDataset, answer_accuracy
 from rosa_lightning.modeling import RosaConfig, build_rosa_model, rosa_layers
+from rosa_lightning.modeling.teacher import HashTeacher
 from rosa_lightning.modeling.symbols import pack_symbols
 from rosa_lightning.retrieval import rosa_match
 
@@ -40,6 +41,8 @@ class Arm:
     seed_offset: int = 0  # added to the run's seed (init and data): repeats of an arm
     curriculum_steps: int = 0  # filler-length curriculum: T grows linearly from curriculum_start to the task's T
     curriculum_start: int = 64
+    distill_steps: int = 0  # fixed-hash warm start: steps on the HashTeacher loss alone (modeling/teacher.py)
+    distill_weight: float = 0.0  # the same teacher loss added to the training loss with this weight
 
 
 def make_task(seq_len: int = 256, num_pairs: int = 8) -> MQAR:
@@ -151,6 +154,22 @@ def param_groups(model, arm: Arm) -> list[dict]:
     return groups
 
 
+def distill_hash(model, teacher: HashTeacher, arm: Arm, task: MQAR, batch_size: int, seed: int) -> list[float]:
+    """Warm start: ``arm.distill_steps`` AdamW steps on the teacher loss alone (every parameter reaching zq)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=arm.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    data = batches(task, batch_size, seed + 1)
+    losses = []
+    for _ in range(arm.distill_steps):
+        ids = next(data)["input_ids"]
+        model(input_ids=ids)
+        loss = teacher.loss(ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int = 16, log_every: int = 25,
               time_limit_s: Optional[float] = None, eval_lengths=(1, 4), eval_num: int = 64,
               on_log: Optional[Callable[[dict], None]] = None, snapshots=()) -> dict:
@@ -158,17 +177,22 @@ def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int =
     seed = seed + arm.seed_offset
     model = build(arm, task.vocab_size, seed)
     model.train()
+    t0 = time.time()  # wall clock includes the warm start
+    teacher = HashTeacher(model, seed) if (arm.distill_steps or arm.distill_weight) else None
+    distill = distill_hash(model, teacher, arm, task, batch_size, seed) if arm.distill_steps else []
     opt = torch.optim.AdamW(param_groups(model, arm), lr=arm.lr, weight_decay=0.0, betas=(0.9, 0.98))
     data = batches(task, batch_size, seed, arm)
     saved = {}
     curve = []
-    t0 = time.time()
     acc_window = []
     for step in range(1, steps + 1):
         batch = next(data)
         out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+        loss = out.loss
+        if arm.distill_weight:
+            loss = loss + arm.distill_weight * teacher.loss(batch["input_ids"])
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         opt.step()
         acc_window.append(float(answer_accuracy(out.logits.detach(), batch["input_ids"], batch["answer_mask"])))
         if step in snapshots:
@@ -183,7 +207,11 @@ def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int =
                 on_log(row)
         if stop:
             break
+    if teacher is not None:
+        teacher.close()
     final = {"steps": step, "seconds": round(time.time() - t0, 1)}
+    if distill:
+        final["distill_loss"] = [distill[0], distill[-1]]
     for mult in eval_lengths:
         t = dataclasses.replace(task, seq_len=task.seq_len * mult)
         final[f"acc_x{mult}"] = evaluate(model, t, num=eval_num)

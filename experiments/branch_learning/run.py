@@ -44,6 +44,9 @@ ARMS = {
     "best_matched_e0": Arm("best_matched_e0", {**BEST, "k_credit": "matched", "cf_e0_term": True}),
     "best_seed1": Arm("best_seed1", dict(BEST), seed_offset=1),
     "best_seed2": Arm("best_seed2", dict(BEST), seed_offset=2),
+    "best_layer1_distill": Arm("best_layer1_distill", {**BEST, "rosa_layers": [1]}, distill_steps=100,
+                               distill_weight=10.0),
+    "best_layer1_aux": Arm("best_layer1_aux", {**BEST, "rosa_layers": [1]}, distill_weight=10.0),
     "best_relaxed": Arm("best_relaxed", {**BEST, "grad_mode": "relaxed"}),
     "kv_shift_m8_relaxed": Arm("kv_shift_m8_relaxed", {"bits": 8, "kv_shift": True, "grad_mode": "relaxed"}),
     "reference_relaxed": Arm("reference_relaxed", {"grad_mode": "relaxed"}),
@@ -127,6 +130,9 @@ def tables(results: dict) -> str:
             opts += f", Q/K lr x{arm['qk_lr_scale']}"
         if arm.get("seed_offset"):
             opts += f", seed +{arm['seed_offset']}"
+        if arm.get("distill_steps") or arm.get("distill_weight"):
+            opts += (f", hash teacher: {arm['distill_steps']} warm-start steps, "
+                     f"aux weight {arm['distill_weight']:g}")
         if arm.get("curriculum_steps"):
             opts += f", filler curriculum T {arm['curriculum_start']} -> full over {arm['curriculum_steps']} steps"
         if (arm["hidden"], arm["layers"]) != (64, 2):

@@ -8,7 +8,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "branch_learning"
 
 
 def test_branch_learning_study_smoke(tmp_path):
-    arms = ["reference", "best", "best_relaxed", "reference_m8_curriculum"]
+    arms = ["reference", "best", "best_relaxed", "reference_m8_curriculum", "best_layer1_aux"]
     cmd = [sys.executable, str(SCRIPT), "--arms", *arms, "--steps", "2", "--seq-len", "64",
            "--batch-size", "2", "--log-every", "1", "--eval-num", "2", "--probes", "3", "--out", str(tmp_path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
@@ -16,7 +16,8 @@ def test_branch_learning_study_smoke(tmp_path):
     assert set(results["arms"]) == set(arms)
     for r in results["arms"].values():
         assert [c["step"] for c in r["curve"]] == [1, 2]
-        assert len(r["curve"][0]["right_slot"]) == 2 and 0.0 <= r["final"]["acc_x4"] <= 1.0
+        assert len(r["curve"][0]["right_slot"]) == len(r["arm"]["rosa"].get("rosa_layers", [0, 1]))
+        assert 0.0 <= r["final"]["acc_x4"] <= 1.0
     assert results["harness_arms"] == ["best"]
     assert set(results["harness"]) == {"untrained", "learning", "trained"}
     for per_layer in results["harness"].values():
