@@ -38,13 +38,17 @@ class RosaLitModule(L.LightningModule):
         stage_a_tokens: switch A -> B in this run after that many training tokens (None = never).
         from_scratch: random init for a backbone given by path/hub id (configs always are).
         init_from: a Lightning checkpoint or an adapter directory to take the starting weights from.
+        hash_teacher: None, or ``{weight, warm_start_steps, until_step, seed}``: a fixed-hash teacher for the ROSA
+            Q logits (``modeling/teacher.py``). For the first ``warm_start_steps`` steps the training loss is the
+            teacher loss alone; after that ``lm_loss + weight * teacher_loss`` until ``until_step`` (None = to the
+            end). Logged as ``train/teacher_loss``.
     """
 
     def __init__(self, backbone: Any, rosa: Any, optimizer: Callable, scheduler: Optional[Callable] = None,
                  lr: Optional[Mapping] = None, weight_decay: float = 0.01, stage: str = "A",
                  stage_a_tokens: Optional[int] = None, from_scratch: bool = False,
                  torch_dtype: Optional[str] = None, attn_implementation: str = "sdpa",
-                 init_from: Optional[str] = None) -> None:
+                 init_from: Optional[str] = None, hash_teacher: Optional[Mapping] = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
@@ -52,7 +56,8 @@ class RosaLitModule(L.LightningModule):
         self.save_hyperparameters(_plain({"backbone": backbone, "rosa": rosa, "lr": lr, "weight_decay": weight_decay,
                                           "stage": stage, "stage_a_tokens": stage_a_tokens,
                                           "from_scratch": from_scratch, "torch_dtype": torch_dtype,
-                                          "attn_implementation": attn_implementation, "init_from": init_from}),
+                                          "attn_implementation": attn_implementation, "init_from": init_from,
+                                          "hash_teacher": hash_teacher}),
                                   logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
@@ -67,6 +72,12 @@ class RosaLitModule(L.LightningModule):
         if init_from:
             load_initial_weights(self.model, init_from)
         self._apply_stage()
+        self.teacher_cfg = teacher_config(hash_teacher)
+        self.teacher = None
+        if self.teacher_cfg is not None:
+            from rosa_lightning.modeling.teacher import HashTeacher
+
+            self.teacher = HashTeacher(self.model, seed=self.teacher_cfg["seed"])
         self.tokens_seen = 0
         self.stage_started_step = 0
 
@@ -115,12 +126,26 @@ class RosaLitModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
+        if self.teacher is not None:
+            loss = self._with_teacher(loss, batch["input_ids"])
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
         self.log("train/tokens_seen", float(self.tokens_seen), batch_size=1)
         self.log("train/stage_b", float(self.stage == "B"), batch_size=1)
         for group in self.trainer.optimizers[0].param_groups:
             self.log(f"lr/{group['name']}", group["lr"], batch_size=1)
         return loss
+
+    def _with_teacher(self, loss: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        cfg, step = self.teacher_cfg, self.global_step
+        if cfg["until_step"] is not None and step >= cfg["until_step"]:
+            self.teacher.close()  # done: no more hooks or kept inputs
+            self.teacher = None
+            return loss
+        t_loss = self.teacher.loss(input_ids)
+        self.log("train/teacher_loss", t_loss, batch_size=input_ids.shape[0])
+        if step < cfg["warm_start_steps"]:
+            return t_loss
+        return loss + cfg["weight"] * t_loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._maybe_enter_stage_b()
@@ -170,6 +195,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def teacher_config(cfg: Optional[Mapping]) -> Optional[dict]:
+    """Validated ``hash_teacher`` settings with defaults, or None when off (None, or weight 0 and no warm start)."""
+    if cfg is None:
+        return None
+    known = {"weight": 0.0, "warm_start_steps": 0, "until_step": None, "seed": 0}
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise ValueError(f"model.hash_teacher: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+    out = {**known, **dict(cfg)}
+    if isinstance(out["weight"], bool) or not isinstance(out["weight"], (int, float)) or out["weight"] < 0:
+        raise ValueError(f"model.hash_teacher.weight must be a number >= 0, got {out['weight']!r}")
+    for key in ("warm_start_steps", "seed"):
+        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 0:
+            raise ValueError(f"model.hash_teacher.{key} must be an int >= 0, got {out[key]!r}")
+    if out["until_step"] is not None and (not isinstance(out["until_step"], int) or out["until_step"] < 0):
+        raise ValueError(f"model.hash_teacher.until_step must be null or an int >= 0, got {out['until_step']!r}")
+    if out["weight"] == 0 and out["warm_start_steps"] == 0:
+        return None
+    out["weight"] = float(out["weight"])
+    return out
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

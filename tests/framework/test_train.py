@@ -92,3 +92,40 @@ def test_stage_b_run_starts_from_stage_a_checkpoint_or_adapter(tmp_path_factory)
         params = dict(module.model.named_parameters())
         assert module.stage == "B" and all(p.requires_grad for p in params.values())
         assert all(torch.equal(params[n], t) for n, t in trained.items())
+
+
+def test_hash_teacher_warm_start_then_auxiliary_then_off(make_cfg):
+    # steps 0-1: teacher loss alone; steps 2-3: LM + 5 x teacher; from step 4 the teacher is closed
+    cfg = make_cfg("trainer.max_steps=5", "logger=csv", "callbacks=none", "trainer.limit_val_batches=0",
+                   "model.hash_teacher={weight: 5.0, warm_start_steps: 2, until_step: 4, seed: 1}")
+    seen = []
+    from rosa_lightning.lit_module import RosaLitModule
+
+    original = RosaLitModule._with_teacher
+
+    def spy(self, loss, input_ids):
+        out = original(self, loss, input_ids)
+        seen.append((self.global_step, float(loss.detach()), float(out.detach()), self.teacher is None))
+        return out
+
+    RosaLitModule._with_teacher = spy
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        RosaLitModule._with_teacher = original
+    assert [s[0] for s in seen] == [0, 1, 2, 3, 4]
+    assert all(out != lm for _, lm, out, _ in seen[:4]) and all(out > lm for _, lm, out, _ in seen[2:4])
+    assert seen[4][2] == seen[4][1] and seen[4][3] and objects["model"].teacher is None
+    assert "train/teacher_loss" in metrics
+
+
+def test_hash_teacher_settings_are_validated():
+    from rosa_lightning.lit_module import teacher_config
+
+    assert teacher_config(None) is None and teacher_config({"weight": 0}) is None
+    assert teacher_config({"warm_start_steps": 3}) == {"weight": 0.0, "warm_start_steps": 3, "until_step": None,
+                                                       "seed": 0}
+    for bad, match in (({"wieght": 1.0}, "unknown"), ({"weight": -1}, "weight"), ({"warm_start_steps": 1.5}, "warm"),
+                       ({"weight": 1, "until_step": -2}, "until_step")):
+        with pytest.raises(ValueError, match=match):
+            teacher_config(bad)
