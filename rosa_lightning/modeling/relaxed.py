@@ -21,7 +21,12 @@ a study-scale option (tiny models, T of a few thousand), not meant for 16k-token
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# multiply-adds of one relaxed backward above which a CPU run is warned about (minutes per layer and step)
+CPU_WARN_MACS = 2e10
 
 
 def relaxed_qk_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Tensor, grad_y: torch.Tensor,
@@ -41,6 +46,10 @@ def relaxed_qk_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Tensor, grad_
     B, T, C = zq.shape
     M = bits
     R = C // M
+    macs = 4.0 * B * R * T * T * M / 2  # scores + readout, forward and backward, causal half
+    if zq.device.type == "cpu" and macs > CPU_WARN_MACS:
+        warnings.warn(f"grad_mode='relaxed' at B={B}, T={T}, {R} routes costs ~{macs:.1e} multiply-adds per layer "
+                      "and step on the CPU (O(T^2)); it is meant for small-T studies", RuntimeWarning, stacklevel=2)
 
     def pairs(x):  # [B, T, C] -> fp32 [B, R, T, M]
         return x.float().reshape(B, T, R, M).permute(0, 2, 1, 3)

@@ -1,4 +1,6 @@
 """grad_mode="relaxed": soft-match Q/K gradients against a float64 per-position transcription, and plumbing."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,15 @@ def test_relaxed_training_step_reaches_q_and_k():
         for name in ("q_proj", "k_proj", "v_proj"):
             w = getattr(layer.rosa, name).weight.grad
             assert w is not None and torch.isfinite(w).all() and w.abs().max() > 0, name
+
+
+def test_large_cpu_problems_are_warned_about(monkeypatch):
+    import rosa_lightning.modeling.relaxed as relaxed
+
+    z = torch.zeros(1, 64, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relaxed_qk_grads(z, z, z, z, torch.zeros(8), 4)  # small: silent
+    monkeypatch.setattr(relaxed, "CPU_WARN_MACS", 10.0)
+    with pytest.warns(RuntimeWarning, match="O\\(T\\^2\\)"):
+        relaxed_qk_grads(z, z, z, z, torch.zeros(8), 4)
