@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .counterfactual import GRAD_MODES, K_CREDITS
+from .counterfactual import GRAD_MODES, K_CREDITS, check_positive_number
 
 INJECTIONS = ("post_attn", "pre_attn")
 TOKEN_CHANNELS = ("off", "shared", "own")
@@ -88,8 +88,7 @@ class RosaConfig:
         _check_choice("token_channel", self.token_channel, TOKEN_CHANNELS)
         _check_choice("cf_field", self.cf_field, CF_FIELDS)
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
-        if isinstance(self.relax_beta, bool) or not isinstance(self.relax_beta, (int, float)) or not self.relax_beta > 0:
-            raise ValueError(f"RosaConfig.relax_beta must be a number > 0, got {self.relax_beta!r}")
+        check_positive_number("RosaConfig.relax_beta", self.relax_beta)
         _check_choice("k_credit", self.k_credit, K_CREDITS)
         _check_choice("center_u", self.center_u, CENTER_U)
         for name in ("cf_e0_term", "kv_shift", "qk_tied"):

@@ -22,6 +22,12 @@ K_CREDITS = ("reference", "matched")
 GRAD_MODES = ("published", "relaxed")
 
 
+def check_positive_number(name: str, value) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int or float > 0 (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GradOptions:
     """Named choices of the counterfactual gradient; the defaults are spec §5.2 exactly.
@@ -56,8 +62,7 @@ class GradOptions:
             raise ValueError(f"GradOptions.e0_term must be a bool, got {self.e0_term!r}")
         if self.mode not in GRAD_MODES:
             raise ValueError(f"GradOptions.mode must be one of {GRAD_MODES}, got {self.mode!r}")
-        if isinstance(self.relax_beta, bool) or not isinstance(self.relax_beta, (int, float)) or not self.relax_beta > 0:
-            raise ValueError(f"GradOptions.relax_beta must be a number > 0, got {self.relax_beta!r}")
+        check_positive_number("GradOptions.relax_beta", self.relax_beta)
 
 
 def _valid_channels(tau: torch.Tensor, bits: int) -> torch.Tensor:
@@ -148,12 +153,6 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     base = (torch.arange(pairs, device=dev) * T).repeat_interleave(T)  # [P*T] row offset of each pair
     theta = _to_pairs(grad_y, M) * delta.float().view(1, R, 1, M).expand(B, R, T, M).reshape(-1, M)
     zv_p = _to_pairs(zv, M)
-    field = torch.sigmoid(zv_p) if options.field == "soft" else (zv_p > 0).float()
-    ge0 = None
-    if options.e0_term:  # sum_m G[t, m] * e0[m]: the e0 part of any valid destination's contribution
-        if e0 is None:
-            raise ValueError("GradOptions.e0_term needs e0")
-        ge0 = (_to_pairs(grad_y, M) * e0.float().view(1, R, 1, M).expand(B, R, T, M).reshape(-1, M)).sum(dim=1)
 
     # V: scatter theta over destination times (theta is not masked for Q and K, only here).
     tau_l = tau.reshape(-1).long()
@@ -161,10 +160,18 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
     idx_tau = base + tau_l.clamp(min=0)
     s_v = torch.zeros_like(theta).index_add_(0, idx_tau, theta * valid.unsqueeze(1))
     grad_v = _dsigmoid(zv_p) * s_v
-    del s_v, zv_p
+    del s_v
     if options.mode == "relaxed":
         gq, gk = relaxed_qk_grads(zq, zk, zv, grad_y, delta, M, options.relax_beta, options.field)
         return gq, gk, _from_pairs(grad_v, B, T, M)
+
+    field = torch.sigmoid(zv_p) if options.field == "soft" else (zv_p > 0).float()
+    del zv_p
+    ge0 = None
+    if options.e0_term:  # sum_m G[t, m] * e0[m]: the e0 part of any valid destination's contribution
+        if e0 is None:
+            raise ValueError("GradOptions.e0_term needs e0")
+        ge0 = (_to_pairs(grad_y, M) * e0.float().view(1, R, 1, M).expand(B, R, T, M).reshape(-1, M)).sum(dim=1)
 
     # Q-runs from the signs of zq; the unflipped destination of every t is tau at its run start.
     q_sym = pack_symbols(zq, M).transpose(1, 2)  # [B, R, T]

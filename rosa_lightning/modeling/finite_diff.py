@@ -322,6 +322,8 @@ def finite_differences(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn
     lin = np.zeros(len(probes))
     seen: Dict[str, torch.Tensor] = {}
     regs = (_injection_hook(layer, seen),) if first_order else ()
+    if first_order:
+        grad_inj, inj = lg.grad_inj.double(), lg.inj.double()
     for i, (b, t, c) in enumerate(probes.tolist()):
         cur = int(z[b, t, c] > 0)
         sign = 1.0 if cur == 0 else -1.0
@@ -329,7 +331,7 @@ def finite_differences(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn
             flipped = float(loss_fn(model))
         fd[i] = sign * (flipped - lg.loss)
         if first_order:
-            lin[i] = sign * float((lg.grad_inj.double() * (seen["inj"].double() - lg.inj.double())).sum())
+            lin[i] = sign * float((grad_inj * (seen["inj"].double() - inj)).sum())
     return (fd, lin) if first_order else fd
 
 

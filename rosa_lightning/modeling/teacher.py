@@ -64,14 +64,15 @@ class HashTeacher:
         """Scalar fp32 teacher loss of the last forward, which must have been run on ``input_ids``."""
         if len(self._u_q) != len(self.layers):
             raise RuntimeError("HashTeacher.loss: run the model's forward on these input_ids first")
+        shapes = {tuple(u.shape[:2]) for u in self._u_q.values()}
+        if shapes != {tuple(input_ids.shape)}:
+            raise ValueError(f"HashTeacher.loss: input_ids {tuple(input_ids.shape)} do not match the last "
+                             f"forward's [B, T] {sorted(shapes)}")
+        target = hash_bits(input_ids, self.layers[0].rosa.q_proj.weight.shape[0], self.seed)  # same for every layer
         total = 0.0
         for i, u in self._u_q.items():
-            proj = self.layers[i].rosa.q_proj
-            if u.shape[:2] != input_ids.shape:
-                raise ValueError(f"HashTeacher.loss: input_ids {tuple(input_ids.shape)} do not match the last "
-                                 f"forward's [B, T] {tuple(u.shape[:2])}")
-            z = proj(u).float()
-            total = total + F.binary_cross_entropy_with_logits(z, hash_bits(input_ids, z.shape[-1], self.seed))
+            z = self.layers[i].rosa.q_proj(u).float()
+            total = total + F.binary_cross_entropy_with_logits(z, target.to(z.device))
         self._u_q.clear()
         return total / len(self.layers)
 
