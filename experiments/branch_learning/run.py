@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from learn import Arm, build, make_task, train_arm  # noqa: E402
 
+from rosa_lightning.analysis.runs import check_choices  # noqa: E402
 from rosa_lightning.data.synthetic import SyntheticDataset  # noqa: E402
 from rosa_lightning.modeling import GradOptions, rosa_layers  # noqa: E402
 from rosa_lightning.modeling.finite_diff import (STREAMS, randomize_values, StreamAgreement, estimates,  # noqa: E402
@@ -222,9 +223,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
-    unknown = [a for a in args.arms if a not in ARMS]
-    if unknown:
-        ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    check_choices("--arms", args.arms, list(ARMS))
     torch.set_num_threads(args.threads)
     task = make_task(seq_len=args.seq_len)
     out = Path(args.out)

@@ -250,12 +250,10 @@ def write_report(results: dict, summary: dict, tasks: list[str], out: Path, s: d
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from rosa_lightning.analysis.runs import run_pool, stopwatch
+    from rosa_lightning.analysis.runs import check_choices, run_pool, stopwatch
 
     tasks = [t for t in args.tasks.split(",") if t]
-    unknown = set(tasks) - set(TASKS)
-    if unknown:
-        raise SystemExit(f"--tasks: unknown {sorted(unknown)}; choose from {list(TASKS)}")
+    check_choices("--tasks", tasks, list(TASKS))
     s = settings(args.smoke)
     procs = args.procs or (1 if args.smoke else 2)
     clock = stopwatch()

@@ -191,12 +191,10 @@ def write_report(results: dict, summary: dict, s: dict, out: Path) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from rosa_lightning.analysis.runs import run_pool, stopwatch
+    from rosa_lightning.analysis.runs import check_choices, run_pool, stopwatch
 
     arms = [a for a in args.arms.split(",") if a]
-    unknown = set(arms) - set(ARMS)
-    if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS}")
+    check_choices("--arms", arms, ARMS)
     s = settings(args.smoke, args.logs.resolve())
     clock = stopwatch()
     results = run_pool(build_jobs(arms, s, args.logs.resolve()), procs=args.procs or (1 if args.smoke else 2))

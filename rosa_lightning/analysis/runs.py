@@ -156,6 +156,13 @@ def _topological(jobs: dict[str, Job]) -> list[str]:
     return order
 
 
+def check_choices(flag: str, chosen: Sequence[str], known: Sequence[str]) -> None:
+    """Exit with a message naming ``flag``, the unknown names and the valid ones, if ``chosen`` has unknown names."""
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {unknown}; choose from {list(known)}")
+
+
 def stopwatch() -> Callable[[], float]:
     """A function returning seconds since it was created."""
     t0 = time.perf_counter()

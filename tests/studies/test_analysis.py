@@ -69,3 +69,11 @@ def test_curve_table_buckets_and_task_length():
     means = bucket_means(torch.tensor([1.0, 3.0, float("nan"), 5.0]), [0, 2, 3, 4])
     assert means[:1] == [2.0] and math.isnan(means[1]) and means[2] == 5.0
     assert task_at_length(MQAR(seq_len=64), 256).seq_len == 256
+
+
+def test_check_choices_names_the_flag_and_the_valid_names():
+    from rosa_lightning.analysis.runs import check_choices
+
+    check_choices("--arms", ["a", "b"], ["a", "b", "c"])
+    with pytest.raises(SystemExit, match=r"--arms: unknown \['x', 'y'\]; choose from \['a', 'b'\]"):
+        check_choices("--arms", ["y", "a", "x"], ["a", "b"])
