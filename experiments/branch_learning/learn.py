@@ -180,6 +180,8 @@ def train_arm(arm: Arm, task: MQAR, steps: int, seed: int = 0, batch_size: int =
     t0 = time.time()  # wall clock includes the warm start
     teacher = HashTeacher(model, seed) if (arm.distill_steps or arm.distill_weight) else None
     distill = distill_hash(model, teacher, arm, task, batch_size, seed) if arm.distill_steps else []
+    if teacher is not None and not arm.distill_weight:
+        teacher.close()  # warm start only: no hooks during training
     opt = torch.optim.AdamW(param_groups(model, arm), lr=arm.lr, weight_decay=0.0, betas=(0.9, 0.98))
     data = batches(task, batch_size, seed, arm)
     saved = {}
