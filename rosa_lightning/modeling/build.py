@@ -7,6 +7,7 @@ from typing import Any, Union
 import torch
 from transformers import Qwen3Config
 
+from .auto import as_rosa_config
 from .config import RosaConfig
 from .model import RosaQwen3ForCausalLM, is_rosa_parameter
 from .windowing import windowed_config
@@ -61,7 +62,7 @@ def build_rosa_model(backbone: Union[str, os.PathLike, Qwen3Config, dict[str, An
         path = os.path.expanduser(path) if os.path.isdir(os.path.expanduser(path)) else path
     else:
         raise TypeError(f"backbone must be a hub id, a directory, a Qwen3Config or a dict, got {type(backbone).__name__}")
-    config = windowed_config(base_config, rosa.window, rosa.global_layers)
+    config = as_rosa_config(windowed_config(base_config, rosa.window, rosa.global_layers))
     config.rosa = rosa.to_dict()
     if path is None or from_scratch:
         config._attn_implementation = attn_implementation

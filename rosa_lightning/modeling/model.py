@@ -14,6 +14,7 @@ from transformers import Qwen3ForCausalLM, Qwen3Model
 
 from rosa_lightning.generation.mixin import RosaGenerationMixin
 
+from .auto import RosaQwen3Config
 from .branch import RosaBranch, RosaLinear
 from .config import RosaConfig
 from .layer import RosaQwen3DecoderLayer, RosaRuntime, install_rosa_layer
@@ -60,6 +61,11 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
     state itself (``rosa_lightning.generation``).
     """
 
+    config_class = RosaQwen3Config
+    # ROSA parameters absent from a plain Qwen3 checkpoint get the ROSA init (``_init_weights``); they are
+    # expected to be missing there, so HF's load report does not list them.
+    _keys_to_ignore_on_load_missing = [r"(^|\.)rosa(_[A-Za-z0-9]+)?\."]
+
     def __init__(self, config) -> None:
         super().__init__(config)
         rosa = getattr(config, "rosa", None)
@@ -89,6 +95,10 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
 
 def _install(model: Qwen3ForCausalLM, rosa: RosaConfig) -> None:
     cfg = model.config
+    if not isinstance(cfg, RosaQwen3Config):
+        # a Qwen3 loaded elsewhere and converted in place: its config (shared by every submodule) becomes
+        # the ROSA config type, so save_pretrained writes model_type rosa_qwen3 and reloads through the Auto classes
+        cfg.__class__ = RosaQwen3Config
     model.model.__class__ = RosaQwen3Model
     runtime = RosaRuntime(rosa)
     model.rosa_runtime = runtime
