@@ -69,10 +69,12 @@ def test_stage_b_starts_after_token_budget(make_cfg):
 def test_multirun_sweep(tmp_path):
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, str(root / "train.py"), "-m", "model.rosa.bits=2,4", "trainer.fast_dev_run=true",
-           "logger=csv", "callbacks=none", f"hydra.sweep.dir={tmp_path}", "trainer.enable_progress_bar=false"]
+           "logger=csv", "callbacks=none", "trainer.enable_progress_bar=false"]
+    # no hydra.sweep.dir override: the default sweep folder must resolve by itself
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+    (sweep,) = (tmp_path / "logs" / "mqar_recall" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
 
 def test_stage_b_run_starts_from_stage_a_checkpoint_or_adapter(tmp_path_factory):
