@@ -45,6 +45,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rosa_lightning", "rosa_lightning.*"]),
+    package_data={"rosa_lightning.evaluation": ["longbench_config/*"]},
     python_requires=">=3.10",
     ext_modules=cythonize(
         extensions,
@@ -63,9 +64,13 @@ setup(
         "tokenizers>=0.20",
         "tqdm",
         "matplotlib",
+        # LongBench scoring: the versions its official per-sample scores are verified with.
+        "rouge==1.0.1",
+        "fuzzywuzzy==0.18.0",
+        "jieba==0.42.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "numba>=0.60"],
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "numba>=0.60", "python-Levenshtein>=0.27"],
     },
     zip_safe=False,
 )
