@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from rosa_lightning.data.loading import backbone_reference
+from rosa_lightning.guards import (check_has_rosa, check_nonfinite_mode, check_token_ids, check_window_fits,
+                                   first_nonfinite_grad, nonfinite_grad_error, nonfinite_loss_error)
+from rosa_lightning.modeling.model import rosa_layers
 
 IGNORE_INDEX = -100
 STAGES = ("A", "B")
@@ -42,22 +45,27 @@ class RosaLitModule(L.LightningModule):
             Q logits (``modeling/teacher.py``). For the first ``warm_start_steps`` steps the training loss is the
             teacher loss alone; after that ``lm_loss + weight * teacher_loss`` until ``until_step`` (None = to the
             end). Logged as ``train/teacher_loss``.
+        nonfinite: what a NaN/inf training loss or gradient does: "raise" stops training with an error naming
+            the step and the value; "skip" leaves the weights and optimizer state of that step unchanged (the
+            step still counts for the schedule) and counts it in ``train/nonfinite_skipped``.
     """
 
     def __init__(self, backbone: Any, rosa: Any, optimizer: Callable, scheduler: Optional[Callable] = None,
                  lr: Optional[Mapping] = None, weight_decay: float = 0.01, stage: str = "A",
                  stage_a_tokens: Optional[int] = None, from_scratch: bool = False,
                  torch_dtype: Optional[str] = None, attn_implementation: str = "sdpa",
-                 init_from: Optional[str] = None, hash_teacher: Optional[Mapping] = None) -> None:
+                 init_from: Optional[str] = None, hash_teacher: Optional[Mapping] = None,
+                 nonfinite: str = "raise") -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
+        self.nonfinite = check_nonfinite_mode(nonfinite)
         # plain containers only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(_plain({"backbone": backbone, "rosa": rosa, "lr": lr, "weight_decay": weight_decay,
                                           "stage": stage, "stage_a_tokens": stage_a_tokens,
                                           "from_scratch": from_scratch, "torch_dtype": torch_dtype,
                                           "attn_implementation": attn_implementation, "init_from": init_from,
-                                          "hash_teacher": hash_teacher}),
+                                          "hash_teacher": hash_teacher, "nonfinite": nonfinite}),
                                   logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
@@ -69,8 +77,12 @@ class RosaLitModule(L.LightningModule):
         self.stage = stage
         self.model = build_model(backbone, rosa, torch_dtype=torch_dtype,
                                  attn_implementation=attn_implementation, from_scratch=from_scratch)
+        check_has_rosa(len(rosa_layers(self.model)), self.model.rosa_runtime.config)
+        # an adapter alone reproduces this run only with the backbone it started from; record when it
+        # was trained too (stage B here, or in the run ``init_from`` continues)
+        self.backbone_trained = stage == "B"
         if init_from:
-            load_initial_weights(self.model, init_from)
+            self.backbone_trained |= bool(load_initial_weights(self.model, init_from))
         self._apply_stage()
         self.teacher_cfg = teacher_config(hash_teacher)
         self.teacher = None
@@ -80,6 +92,8 @@ class RosaLitModule(L.LightningModule):
             self.teacher = HashTeacher(self.model, seed=self.teacher_cfg["seed"])
         self.tokens_seen = 0
         self.stage_started_step = 0
+        self.nonfinite_skipped = 0
+        self._nonfinite_loss = False
 
     # ---- stages -------------------------------------------------------------------------------
     def _apply_stage(self) -> None:
@@ -99,6 +113,7 @@ class RosaLitModule(L.LightningModule):
             raise RuntimeError("the in-run switch to stage B is single-process only; on several ranks run "
                                "stage B separately: train.stage=B model.init_from=<stage-A checkpoint>")
         self.stage = "B"
+        self.backbone_trained = True
         self.stage_started_step = self.global_step
         self._apply_stage()
         self.trainer.strategy.setup_optimizers(self.trainer)  # new groups; the schedule restarts
@@ -113,6 +128,8 @@ class RosaLitModule(L.LightningModule):
         return self.model(input_ids=batch["input_ids"], use_cache=False, **kwargs).logits
 
     def _step(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor:
+        # an id outside the vocabulary would fail inside the embedding without saying which or where
+        check_token_ids(batch["input_ids"], self.model.config.vocab_size)
         logits = self(batch)
         loss, n_scored = shifted_cross_entropy(logits, batch["labels"])
         bs = batch["input_ids"].shape[0]
@@ -128,6 +145,10 @@ class RosaLitModule(L.LightningModule):
         loss = self._step(batch, "train")
         if self.teacher is not None:
             loss = self._with_teacher(loss, batch["input_ids"])
+        if not bool(torch.isfinite(loss.detach())):
+            if self.nonfinite == "raise":
+                raise nonfinite_loss_error(loss, self.global_step)
+            self._nonfinite_loss = True  # the optimizer step of this batch is skipped (on_before_optimizer_step)
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
         self.log("train/tokens_seen", float(self.tokens_seen), batch_size=1)
         self.log("train/stage_b", float(self.stage == "B"), batch_size=1)
@@ -150,6 +171,33 @@ class RosaLitModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._maybe_enter_stage_b()
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop on (or skip) a step whose gradients hold NaN/inf, before the optimizer applies them.
+
+        Under a loss scaler (fp16 mixed precision) inf gradients are the scaler's business: it skips
+        those steps itself. In DDP the gradients were all-reduced, and the skip decision is reduced
+        too, so every rank skips the same steps.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        bad = first_nonfinite_grad(self.model)
+        if bad is not None and self.nonfinite == "raise":
+            raise nonfinite_grad_error(bad, self.global_step)
+        skip = self.trainer.strategy.reduce_boolean_decision(bad is not None or self._nonfinite_loss, all=False)
+        self._nonfinite_loss = False
+        if skip:
+            optimizer.zero_grad(set_to_none=True)  # no gradient: AdamW leaves weights and moments untouched
+            self.nonfinite_skipped += 1
+        if self.nonfinite == "skip":
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=1)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        rows = getattr(datamodule, "row_tokens", None)
+        if stage == "fit" and callable(rows):
+            kinds = getattr(self.model.config, "layer_types", None) or []
+            check_window_fits(self.model.rosa_runtime.config.window, kinds.count("sliding_attention"), rows())
+
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
@@ -168,13 +216,23 @@ class RosaLitModule(L.LightningModule):
 
     # ---- checkpoint state ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rosa_config"] = self.model.rosa_runtime.config.to_dict()
         checkpoint["rosa_train_state"] = {"tokens_seen": self.tokens_seen, "stage": self.stage,
-                                          "stage_started_step": self.stage_started_step}
+                                          "stage_started_step": self.stage_started_step,
+                                          "backbone_trained": self.backbone_trained,
+                                          "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from rosa_lightning.modeling.integrity import check_layout
+
+        check_layout(saved_rosa_config(checkpoint), self.model.rosa_runtime.config,
+                     f"checkpoint {getattr(self.trainer, 'ckpt_path', None) or 'ckpt_path'}",
+                     self.model.config.num_hidden_layers)
         state = checkpoint.get("rosa_train_state")
         if state is None:
             return
+        self.backbone_trained = bool(state.get("backbone_trained", state["stage"] == "B"))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         self.tokens_seen = int(state["tokens_seen"])
         self.stage_started_step = int(state["stage_started_step"])
         if state["stage"] != self.stage:
@@ -304,22 +362,41 @@ def build_model(backbone: Any, rosa: Any, *, torch_dtype: Optional[str], attn_im
     return model.train()  # from_pretrained returns the model in eval mode
 
 
-def load_initial_weights(model: torch.nn.Module, path: str) -> None:
+def saved_rosa_config(checkpoint: Mapping) -> Optional[dict]:
+    """The ROSA config a Lightning checkpoint was written with (older ones: from its hyperparameters)."""
+    if checkpoint.get("rosa_config") is not None:
+        return dict(checkpoint["rosa_config"])
+    rosa = (checkpoint.get("hyper_parameters") or {}).get("rosa")
+    return dict(rosa) if isinstance(rosa, Mapping) else None
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> Optional[bool]:
     """Start from a Lightning checkpoint (``state_dict`` keys under ``model.``) or a saved adapter
-    (a ``.safetensors`` file or a directory holding one)."""
+    (a ``.safetensors`` file or a directory holding one), after checking its checksum and that its ROSA
+    layout is the model's. Returns whether the file's backbone was trained (None: not recorded)."""
     from pathlib import Path
 
-    from rosa_lightning.modeling import load_adapter
+    from rosa_lightning.callbacks.checkpoint_io import verify_checkpoint
+    from rosa_lightning.modeling import load_adapter, read_adapter_metadata
+    from rosa_lightning.modeling.integrity import check_layout
 
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"model.init_from={path!r} does not exist")
     if p.is_dir() or p.suffix == ".safetensors":
         load_adapter(model, str(p))
-        return
-    state = torch.load(p, map_location="cpu", weights_only=False)["state_dict"]
+        return read_adapter_metadata(str(p))["backbone_trained"]
+    checkpoint = torch.load(p, map_location="cpu", weights_only=False)
+    verify_checkpoint(checkpoint, f"{p} (model.init_from)")
+    check_layout(saved_rosa_config(checkpoint), model.rosa_runtime.config, f"checkpoint {p} (model.init_from)",
+                 model.config.num_hidden_layers)
+    train_state = checkpoint.get("rosa_train_state") or {}
+    state = checkpoint["state_dict"]
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or missing:
         raise RuntimeError(f"model.init_from={path!r} does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+    if not train_state:
+        return None
+    return bool(train_state.get("backbone_trained", train_state.get("stage") == "B"))

@@ -58,11 +58,14 @@ class RetrievalRuntime(L.Callback):
         cpu_reserved: cores kept for the rank's main thread when sizing the kernel threads.
         torch_threads: "auto" (see module docstring) or an int; None leaves torch's setting.
         log_every_n_steps: how often the timing figures are logged.
+        wait_timeout_s: the longest a layer waits for its retrieval result before the run ends with an
+            error naming the layer (None = forever).
     """
 
     def __init__(self, cpu_reserved: int = 1, torch_threads: Union[str, int, None] = "auto",
-                 log_every_n_steps: int = 1) -> None:
+                 log_every_n_steps: int = 1, wait_timeout_s: Optional[float] = 600.0) -> None:
         self.cpu_reserved = int(cpu_reserved)
+        self.wait_timeout_s = wait_timeout_s
         self.torch_threads = torch_threads
         self.log_every_n_steps = max(1, int(log_every_n_steps))
         self.budget: dict[str, int] = {}
@@ -85,12 +88,12 @@ class RetrievalRuntime(L.Callback):
         self._close()
         self.executor = self._start_executor(pl_module.model, self.budget["kernel"])
 
-    @staticmethod
-    def _start_executor(model: torch.nn.Module, kernel_threads: int) -> Any:
+    def _start_executor(self, model: torch.nn.Module, kernel_threads: int) -> Any:
         from rosa_lightning.modeling import RetrievalPipeline, attach_pipeline
 
         wanted = model.rosa_runtime.config.num_threads
-        executor = RetrievalPipeline(kernel_threads if wanted == "auto" else int(wanted)).start()
+        executor = RetrievalPipeline(kernel_threads if wanted == "auto" else int(wanted),
+                                     wait_timeout_s=self.wait_timeout_s).start()
         attach_pipeline(model, executor)
         return executor
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rosa_lightning.data.collate import RosaCollate
-from rosa_lightning.data.resumable import ResumableLoader, SeededSampler
+from rosa_lightning.data.resumable import ResumableLoader, SeededSampler, ValLoader
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -31,13 +31,15 @@ class RosaDataModule(L.LightningDataModule):
         token_threads: kernel threads per worker for the token channel.
         seed: drives the shuffling order (and the synthetic examples through ``source.build``).
         seq_len: when given, every row must have exactly this many tokens (checked in ``setup``).
+        timeout_s: with workers, the longest wait for one batch before the run ends with an error naming
+            the hung DataLoader (None or 0 = wait forever).
     """
 
     def __init__(self, source: Any, batch_size: int = 8, val_batch_size: Optional[int] = None,
                  num_workers: int = 0, prefetch_factor: int = 2, pin_memory: Union[bool, str] = "auto",
                  persistent_workers: bool = False, token_channel: Union[bool, str] = False,
                  token_threads: int = 1, shuffle: bool = True, seed: int = 0,
-                 seq_len: Optional[int] = None) -> None:
+                 seq_len: Optional[int] = None, timeout_s: Optional[float] = 600.0) -> None:
         super().__init__()
         if not hasattr(source, "build"):
             raise TypeError(f"data.source must have a build(seed) method, got {type(source).__name__}")
@@ -54,6 +56,10 @@ class RosaDataModule(L.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.seq_len = seq_len
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                      or timeout_s < 0):
+            raise ValueError(f"data.timeout_s must be null or a number of seconds >= 0, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s or 0.0)
         self.train_set = self.val_set = None
         self._train_loader: Optional[ResumableLoader] = None
         self._pending_loader_state: Optional[dict] = None
@@ -61,16 +67,22 @@ class RosaDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.source.build(self.seed)
-            got = int(self.train_set[0]["input_ids"].shape[0])
+            if len(self.train_set) == 0:
+                raise ValueError(f"data source {type(self.source).__name__} made no training rows")
+            got = self.row_tokens()
             if self.seq_len is not None and got != self.seq_len:
                 raise ValueError(f"data.seq_len={self.seq_len} but the source makes rows of {got} tokens")
+
+    def row_tokens(self) -> int:
+        """Tokens per row of the training set (after ``setup``)."""
+        return int(self.train_set[0]["input_ids"].shape[0])
 
     def _loader_kwargs(self) -> dict:
         kw: dict[str, Any] = dict(num_workers=self.num_workers, collate_fn=self.collate,
                                   pin_memory=self.pin_memory)
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers,
-                      worker_init_fn=_worker_init)
+                      worker_init_fn=_worker_init, timeout=self.timeout_s)
         return kw
 
     def _replicas(self) -> tuple[int, int]:
@@ -104,5 +116,5 @@ class RosaDataModule(L.LightningDataModule):
         self.setup("validate")
         world, rank = self._replicas()
         sampler = SeededSampler(len(self.val_set), self.seed, False, world, rank)
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, sampler=sampler, drop_last=False,
+        return ValLoader(self.val_set, batch_size=self.val_batch_size, sampler=sampler, drop_last=False,
                           **self._loader_kwargs())

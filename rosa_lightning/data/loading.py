@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rosa_lightning.data.hub import ResourceUnavailableError, resolve_reference
+from rosa_lightning.data.validation import DataError, check_not_empty, find_bad_json_record
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
              ".csv": "csv", ".txt": "text"}
@@ -38,11 +39,13 @@ def load_tokenizer(spec: Any, config_key: str = "model.backbone"):
 
 
 def load_hf_split(path: str, split: str, name: Optional[str] = None,
-                  config_key: str = "data.source.path"):
+                  config_key: str = "data.source.path", text_field: Optional[str] = None):
     """One split of a dataset as a ``datasets.Dataset``.
 
     ``path``: a local data file (by extension: jsonl/json/parquet/arrow/csv/txt), a local directory
-    (saved with ``save_to_disk``, or holding data files), or a hub dataset name.
+    (saved with ``save_to_disk``, or holding data files), or a hub dataset name. Local data files are
+    checked to be non-empty first; when loading them fails, the error names the file and line of the
+    first broken JSON record (``text_field``: also a record without a string there).
     """
     import datasets
 
@@ -53,7 +56,8 @@ def load_hf_split(path: str, split: str, name: Optional[str] = None,
         if builder is None:
             raise ValueError(f"{config_key}={path!r}: unknown data file type {local.suffix!r}; "
                              f"use one of {sorted(_BUILDERS)}")
-        return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+        return _load_local(local, config_key, text_field,
+                           lambda: datasets.load_dataset(builder, data_files={split: str(local)}, split=split))
     if local.is_dir() and any((local / f).exists() for f in ("state.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(str(local))
         if isinstance(ds, datasets.DatasetDict):
@@ -61,8 +65,24 @@ def load_hf_split(path: str, split: str, name: Optional[str] = None,
                 raise KeyError(f"{config_key}={path!r} has splits {list(ds)}, not {split!r}")
             ds = ds[split]
         return ds
+    if local.is_dir():
+        return _load_local(local, config_key, text_field, lambda: datasets.load_dataset(ref, name, split=split))
     try:
         return datasets.load_dataset(ref, name, split=split)
     except ConnectionError as exc:  # datasets raises this offline for names missing from its cache
         raise ResourceUnavailableError(f"dataset {path!r} cannot be loaded offline: {exc}. "
                                        f"Set `{config_key}=DIR` to a local copy.") from exc
+
+
+def _load_local(local: Path, config_key: str, text_field: Optional[str], load):
+    """``load()`` a local file or directory of data files, turning datasets' errors into named ones."""
+    check_not_empty(local, tuple(_BUILDERS), config_key)
+    try:
+        return load()
+    except (DataError, KeyError):
+        raise
+    except Exception as exc:  # datasets wraps parse errors in its own types (DatasetGenerationError, ArrowInvalid)
+        problem = find_bad_json_record(local, text_field)
+        if problem:
+            raise DataError(f"{config_key}: {problem}") from exc
+        raise DataError(f"{config_key}={str(local)!r} could not be loaded: {type(exc).__name__}: {exc}") from exc

@@ -8,9 +8,27 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from rosa_lightning.data.validation import DataError
 
-def tokenize_batch(batch: dict[str, list], tokenizer: Any, text_field: str) -> dict[str, list]:
-    """{text_field: list[str]} -> {"input_ids": list[list[int]]}, no special tokens added."""
+
+class BadRecord(DataError):
+    """A document whose text field is missing or not a string (``row``: its index in the dataset)."""
+
+    def __init__(self, row: int, field: str, value: Any) -> None:
+        self.row, self.field = row, field
+        got = "missing (null)" if value is None else f"{type(value).__name__} {value!r:.40}"
+        super().__init__(f"row {row}: field {field!r} is {got}, expected a string")
+
+
+def tokenize_batch(batch: dict[str, list], indices: Optional[list[int]] = None, *, tokenizer: Any,
+                   text_field: str) -> dict[str, list]:
+    """{text_field: list[str]} -> {"input_ids": list[list[int]]}, no special tokens added.
+
+    Raises ``BadRecord`` for a value that is not a string (``indices``: the rows' dataset indices).
+    """
+    for j, text in enumerate(batch[text_field]):
+        if not isinstance(text, str):
+            raise BadRecord(indices[j] if indices is not None else j, text_field, text)
     enc = tokenizer(batch[text_field], add_special_tokens=False)
     return {"input_ids": enc["input_ids"]}
 

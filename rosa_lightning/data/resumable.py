@@ -47,7 +47,33 @@ class SeededSampler(Sampler[int]):
         return iter(mine[skip:].tolist())
 
 
-class ResumableLoader(DataLoader):
+class DataLoaderTimeout(TimeoutError):
+    """No batch arrived from the DataLoader workers within the DataLoader's ``timeout``."""
+
+
+class NamedTimeoutLoader(DataLoader):
+    """``DataLoader`` whose worker timeout (``timeout`` seconds without a batch) ends in an error that says
+    what hung and which setting bounds it, instead of torch's bare "DataLoader timed out"."""
+
+    split = "train"
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except RuntimeError as exc:
+            if not self.timeout or "timed out" not in str(exc):
+                raise
+            raise DataLoaderTimeout(
+                f"no {self.split} batch arrived from the DataLoader workers within {self.timeout:g} s "
+                f"(data.timeout_s): a worker hangs in the data source or the collate (token channel). Raise "
+                f"data.timeout_s if one batch legitimately takes longer") from exc
+
+
+class ValLoader(NamedTimeoutLoader):
+    split = "validation"
+
+
+class ResumableLoader(NamedTimeoutLoader):
     """``DataLoader`` over a ``SeededSampler`` that counts the batches it has handed out this epoch.
 
     The count is exact at checkpoint time because Lightning does not prefetch from loaders that have

@@ -12,6 +12,7 @@ whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -83,12 +84,12 @@ class HFTextSource:
     def build(self, seed: int) -> tuple[Dataset, Dataset]:
         from rosa_lightning.data.loading import load_hf_split
 
-        train_docs = load_hf_split(self.path, self.split, self.name)
+        train_docs = load_hf_split(self.path, self.split, self.name, text_field=self.text_field)
         if self.max_documents is not None:
             train_docs = train_docs.select(range(min(self.max_documents, len(train_docs))))
         train = self._pack(train_docs)
         if self.val_split is not None:
-            val = self._pack(load_hf_split(self.path, self.val_split, self.name))
+            val = self._pack(load_hf_split(self.path, self.val_split, self.name, text_field=self.text_field))
         else:
             if len(train) <= self.val_rows:
                 raise ValueError(f"data source {self.path!r} gives {len(train)} rows of {self.seq_len} tokens; "
@@ -99,7 +100,7 @@ class HFTextSource:
         return PackedRows(train), PackedRows(val)
 
     def _pack(self, docs):
-        from rosa_lightning.data.packing import pack_batch, tokenize_batch
+        from rosa_lightning.data.packing import pack_batch
 
         if len(docs) == 0:
             raise ValueError(f"data source {self.path!r} (split {self.split!r}) has no documents")
@@ -107,11 +108,7 @@ class HFTextSource:
             if self.text_field not in docs.column_names:
                 raise KeyError(f"data source {self.path!r} has neither 'input_ids' nor the text field "
                                f"{self.text_field!r}; columns: {docs.column_names}")
-            tok = self._tokenizer()
-            docs = docs.map(tokenize_batch, batched=True, batch_size=self.map_batch_size,
-                            fn_kwargs={"tokenizer": tok, "text_field": self.text_field},
-                            remove_columns=docs.column_names, num_proc=self.num_proc,
-                            desc="tokenize")
+            docs = self._tokenize(docs)
         eos = self._eos_id()
         rows = docs.map(pack_batch, batched=True, batch_size=self.map_batch_size,
                         fn_kwargs={"seq_len": self.seq_len, "eos_id": eos},
@@ -120,6 +117,20 @@ class HFTextSource:
             raise ValueError(f"data source {self.path!r}: no full row of {self.seq_len} tokens; "
                              "lower data.seq_len or add documents")
         return rows
+
+    def _tokenize(self, docs):
+        from rosa_lightning.data.packing import BadRecord, tokenize_batch
+        from rosa_lightning.data.validation import DataError, find_bad_json_record
+
+        try:
+            return docs.map(tokenize_batch, batched=True, batch_size=self.map_batch_size, with_indices=True,
+                            fn_kwargs={"tokenizer": self._tokenizer(), "text_field": self.text_field},
+                            remove_columns=docs.column_names, num_proc=self.num_proc, desc="tokenize")
+        except BadRecord as exc:
+            # the dataset row index is exact but says nothing about files; a local JSON corpus can say more
+            local = Path(str(self.path)).expanduser()
+            where = find_bad_json_record(local, self.text_field) if local.exists() else None
+            raise DataError(f"data source {self.path!r}: {where or exc}") from exc
 
     def _tokenizer(self):
         from rosa_lightning.data.loading import load_tokenizer

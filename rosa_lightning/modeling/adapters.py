@@ -1,17 +1,20 @@
-"""Adapter checkpoints: only the ROSA parameters plus their ``RosaConfig`` (safetensors, atomic write)."""
+"""Adapter checkpoints: only the ROSA parameters plus their ``RosaConfig``, a checksum and whether the
+backbone was trained too (safetensors metadata; atomic write, finite values only)."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from rosa_lightning.fileio import atomic_write
+
 from .config import RosaConfig
+from .integrity import check_finite, check_layout, tensor_checksum, verify_checksum
 from .model import rosa_named_parameters
 
 ADAPTER_FILE = "rosa_adapter.safetensors"
@@ -22,57 +25,85 @@ def _resolve(path: Union[str, os.PathLike]) -> Path:
     return p / ADAPTER_FILE if p.is_dir() or p.suffix != ".safetensors" else p
 
 
-def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike]) -> Path:
+def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
+                 backbone_trained: Optional[bool] = None) -> Path:
     """Write the ROSA parameters and config to ``path`` (a .safetensors file, or a directory).
 
-    Written to a temporary file in the same directory, then renamed, so a crash never leaves a
-    truncated adapter behind. Returns the file path.
+    ``backbone_trained``: whether the backbone's weights were trained together with the ROSA parameters
+    (stage B); stored so that nobody pairs this adapter with the untrained backbone. Written to a
+    temporary file in the same directory, then renamed, so a crash never leaves a truncated adapter
+    behind; non-finite parameters are refused. Returns the file path.
     """
     tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
     if not tensors:
         raise ValueError("model has no ROSA parameters to save (apply_rosa first)")
-    return write_adapter_file(tensors, model.rosa_runtime.config, path)
+    return write_adapter_file(tensors, model.rosa_runtime.config, path, backbone_trained=backbone_trained)
 
 
-def write_adapter_file(tensors: dict[str, torch.Tensor], config: RosaConfig,
-                       path: Union[str, os.PathLike]) -> Path:
-    """Atomically write ROSA ``tensors`` (names as in the model) and ``config`` as an adapter file."""
+def write_adapter_file(tensors: dict[str, torch.Tensor], config: RosaConfig, path: Union[str, os.PathLike],
+                       backbone_trained: Optional[bool] = None) -> Path:
+    """Atomically write ROSA ``tensors`` (names as in the model), ``config``, their checksum and
+    ``backbone_trained`` (when known) as an adapter file. Raises ``NonFiniteError`` (nothing written)
+    when a tensor holds NaN or inf."""
     target = _resolve(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"rosa_config": json.dumps(config.to_dict())}
-    fd, tmp = tempfile.mkstemp(prefix=".rosa_adapter.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+    check_finite(tensors.items(), f"adapter {target}")
+    meta = {"rosa_config": json.dumps(config.to_dict()), "checksum": tensor_checksum(tensors.items())}
+    if backbone_trained is not None:
+        meta["backbone_trained"] = json.dumps(bool(backbone_trained))
+    return atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_adapter_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """What an adapter file says about itself, without reading its tensors.
+
+    Returns ``{"file": Path, "rosa_config": dict, "backbone_trained": bool or None (not recorded),
+    "checksum": str or None (not recorded)}``. Raises ``ValueError`` naming the file when it is not a
+    readable adapter.
+    """
+    file = _resolve(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"adapter file {file} does not exist")
     try:
-        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        with safe_open(str(file), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise ValueError(f"adapter file {file} is not a readable safetensors file: {exc}") from exc
+    if "rosa_config" not in meta:
+        raise ValueError(f"{file} is not a ROSA adapter: its metadata has no 'rosa_config' (keys {sorted(meta)})")
+    trained = meta.get("backbone_trained")
+    return {"file": file, "rosa_config": json.loads(meta["rosa_config"]),
+            "backbone_trained": None if trained is None else bool(json.loads(trained)),
+            "checksum": meta.get("checksum")}
 
 
 def read_adapter_config(path: Union[str, os.PathLike]) -> RosaConfig:
-    with safe_open(str(_resolve(path)), framework="pt") as f:
-        return RosaConfig.from_dict(json.loads(f.metadata()["rosa_config"]))
+    return RosaConfig.from_dict(read_adapter_metadata(path)["rosa_config"])
 
 
 def load_adapter(model: torch.nn.Module, path: Union[str, os.PathLike]) -> RosaConfig:
     """Copy saved ROSA parameters into ``model`` (which must have the same ROSA layout).
 
-    Raises ValueError naming missing/unexpected keys or shape mismatches. Returns the saved config.
+    Raises ValueError naming missing/unexpected keys, shape mismatches, the layout fields where the
+    file's ROSA config differs from the model's, or a corrupted file (checksum); the model is left
+    unchanged when anything is wrong. Returns the saved config.
     """
-    file = _resolve(path)
-    saved_cfg = read_adapter_config(file)
+    meta = read_adapter_metadata(path)
+    file = meta["file"]
     params = dict(rosa_named_parameters(model))
     with safe_open(str(file), framework="pt") as f:
         keys = set(f.keys())
         missing, unexpected = sorted(set(params) - keys), sorted(keys - set(params))
         if missing or unexpected:
             raise ValueError(f"adapter {file} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
-        with torch.no_grad():
-            for name, p in params.items():
-                t = f.get_tensor(name)
-                if t.shape != p.shape:
-                    raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, model expects {tuple(p.shape)}")
-                p.copy_(t.to(dtype=p.dtype, device=p.device))
-    return saved_cfg
+        saved = {name: f.get_tensor(name) for name in sorted(keys)}
+    check_layout(meta["rosa_config"], model.rosa_runtime.config, f"adapter {file}",
+                 model.config.num_hidden_layers)
+    verify_checksum(saved.items(), meta["checksum"], f"adapter {file}")
+    for name, t in saved.items():
+        if t.shape != params[name].shape:
+            raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, model expects {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name].to(dtype=p.dtype, device=p.device))
+    return RosaConfig.from_dict(meta["rosa_config"])

@@ -71,18 +71,19 @@ class RosaConfig:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+        # bool is an int subclass: bits=true would silently mean 1
+        if not _is_int(self.bits) or not 1 <= self.bits <= 8:
             raise ValueError(f"RosaConfig.bits must be an int in 1..8 (symbols are uint8), got {self.bits!r}")
         if self.rosa_layers is not None:
             layers = list(self.rosa_layers)
-            if any((not isinstance(i, int)) or i < 0 for i in layers):
+            if any((not _is_int(i)) or i < 0 for i in layers):
                 raise ValueError(f"RosaConfig.rosa_layers must be non-negative ints or None, got {self.rosa_layers!r}")
             if len(set(layers)) != len(layers):
                 raise ValueError(f"RosaConfig.rosa_layers has duplicates: {self.rosa_layers!r}")
             self.rosa_layers = sorted(layers)
-        if not isinstance(self.global_layers, int) or self.global_layers < 0:
+        if not _is_int(self.global_layers) or self.global_layers < 0:
             raise ValueError(f"RosaConfig.global_layers must be an int >= 0, got {self.global_layers!r}")
-        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+        if self.window is not None and (not _is_int(self.window) or self.window < 1):
             raise ValueError(f"RosaConfig.window must be a positive int or None, got {self.window!r}")
         _check_choice("injection", self.injection, INJECTIONS)
         _check_choice("token_channel", self.token_channel, TOKEN_CHANNELS)
@@ -94,7 +95,7 @@ class RosaConfig:
         for name in ("cf_e0_term", "kv_shift", "qk_tied"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RosaConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.num_threads != "auto" and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
+        if self.num_threads != "auto" and not (_is_int(self.num_threads) and self.num_threads >= 1):
             raise ValueError(f"RosaConfig.num_threads must be 'auto' or an int >= 1, got {self.num_threads!r}")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"RosaConfig.enabled must be a bool, got {self.enabled!r}")
@@ -119,6 +120,10 @@ class RosaConfig:
         if unknown:
             raise ValueError(f"unknown RosaConfig keys {sorted(unknown)}; expected a subset of {sorted(names)}")
         return cls(**dict(data))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

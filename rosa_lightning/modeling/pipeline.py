@@ -14,9 +14,11 @@ every H2D copy that read them earlier has completed.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Optional, Union
 
 import torch
@@ -68,19 +70,69 @@ class _LayerSlot:
         return buf[:n].view(shape)
 
 
+class RetrievalTimeout(TimeoutError):
+    """A retrieval job that did not finish within the pipeline's ``wait_timeout_s``."""
+
+
+class _DaemonWorker:
+    """One daemon thread that runs submitted calls in order.
+
+    Unlike ``ThreadPoolExecutor``'s workers it does not keep the interpreter alive at exit, so a job
+    stuck in the kernel (which cannot be interrupted) cannot keep the process alive after the timeout
+    error has ended the run.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting thread, which re-raises it
+                future.set_exception(exc)
+
+    def shutdown(self, timeout: Optional[float]) -> None:
+        """Stop after the queued jobs; wait up to ``timeout`` seconds (None = until done)."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+
 class RetrievalHandle:
     """A retrieval job in flight; ``wait()`` -> (tau, cf, retrieval_s, wait_s).
 
     tau: int16/int32 [B, R, T] on the symbols' device; cf: same dtype [B, R, NQ, M] or None.
     """
 
-    def __init__(self, future: Future, device: torch.device) -> None:
+    def __init__(self, future: Future, device: torch.device, layer_key=None, timeout_s: Optional[float] = None,
+                 on_timeout: Optional[Callable[[], None]] = None) -> None:
         self._future = future
         self._device = device
+        self._layer_key = layer_key
+        self._timeout_s = timeout_s
+        self._on_timeout = on_timeout
 
     def wait(self):
         t0 = time.perf_counter()
-        tau, cf, retrieval_s = self._future.result()  # re-raises worker exceptions here
+        try:
+            tau, cf, retrieval_s = self._future.result(self._timeout_s)  # re-raises worker exceptions here
+        except FutureTimeout:
+            if self._on_timeout is not None:
+                self._on_timeout()
+            raise RetrievalTimeout(
+                f"the CPU retrieval job of ROSA layer {self._layer_key} did not finish within {self._timeout_s:g} s "
+                f"(callbacks.retrieval_runtime.wait_timeout_s): the retrieval kernel hangs or gets no CPU time. "
+                f"Raise the timeout if one layer's retrieval legitimately takes longer") from None
         wait_s = time.perf_counter() - t0
         if self._device.type != "cpu":
             tau = tau.to(self._device, non_blocking=True)
@@ -99,17 +151,26 @@ class RetrievalPipeline:
         local_world_size, reserved_threads: inputs of the "auto" budget.
         match_fn: the retrieval function (default ``rosa_lightning.retrieval.rosa_match``);
             signature of ``rosa_match``.
+        wait_timeout_s: the longest ``RetrievalHandle.wait`` blocks before raising ``RetrievalTimeout``
+            (None = forever).
     """
 
     def __init__(self, num_threads: Union[str, int] = "auto", *, local_world_size: int = 1,
-                 reserved_threads: int = 1, match_fn: Optional[Callable] = None) -> None:
+                 reserved_threads: int = 1, match_fn: Optional[Callable] = None,
+                 wait_timeout_s: Optional[float] = 600.0) -> None:
+        if wait_timeout_s is not None and (isinstance(wait_timeout_s, bool) or not wait_timeout_s > 0):
+            raise ValueError(f"wait_timeout_s must be None or a number of seconds > 0, got {wait_timeout_s!r}")
+        self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
+        self._hung = False
         if num_threads == "auto":
             num_threads = auto_num_threads(local_world_size, reserved_threads)
-        if not isinstance(num_threads, int) or num_threads < 1:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be 'auto' or an int >= 1, got {num_threads!r}")
-        self.num_threads = num_threads
+        from rosa_lightning.retrieval.validation import resolve_threads
+
+        self.num_threads = resolve_threads(num_threads)  # fails here, at setup, for a count OpenMP cannot start
         self._match_fn = match_fn
-        self._executor: Optional[ThreadPoolExecutor] = None
+        self._executor: Optional[_DaemonWorker] = None
         self._slots: dict[tuple, _LayerSlot] = {}
         self._lock = threading.Lock()
 
@@ -118,13 +179,14 @@ class RetrievalPipeline:
             if self._match_fn is None:
                 self._match_fn = _default_match_fn()
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rosa-retrieval")
+                self._executor = _DaemonWorker("rosa-retrieval")
         return self
 
     def close(self) -> None:
+        """Stop the worker after its queued jobs; after a timed-out job, without waiting for it."""
         with self._lock:
             if self._executor is not None:
-                self._executor.shutdown(wait=True)
+                self._executor.shutdown(timeout=0.0 if self._hung else None)
                 self._executor = None
             self._slots.clear()
 
@@ -167,7 +229,10 @@ class RetrievalPipeline:
         else:
             hq, hk = q, k
         future = self._executor.submit(self._work, slot, hq, hk, bits, want_cf)
-        return RetrievalHandle(future, device)
+        return RetrievalHandle(future, device, layer_key, self.wait_timeout_s, self._mark_hung)
+
+    def _mark_hung(self) -> None:
+        self._hung = True
 
     def _work(self, slot: _LayerSlot, q: torch.Tensor, k: torch.Tensor, bits: int, want_cf: bool):
         """Worker thread: wait for the symbols, match, narrow indices. Exceptions reach ``wait``."""
