@@ -166,33 +166,40 @@ def scorer_e(dataset: str, predictions: Sequence[str], answers: Sequence[Sequenc
     for prediction, refs, length in zip(predictions, answers, lengths):
         if isinstance(length, bool) or not isinstance(length, Real):
             raise TypeError(f"lengths must hold numbers (the records' length field), got {length!r}")
-        key = LENGTH_BUCKETS[0] if length < 4000 else LENGTH_BUCKETS[1] if length < 8000 else LENGTH_BUCKETS[2]
+        key = LENGTH_BUCKETS[0 if length < 4000 else 1 if length < 8000 else 2]
         buckets[key].append(score_sample(dataset, prediction, refs, all_classes, code_backend=code_backend))
     return {key: float(round(100 * np.mean(values), 2)) if values else math.nan
             for key, values in buckets.items()}
 
 
 def mean_score(scores: Mapping[str, float]) -> float:
-    """Plain mean of per-dataset scores (0-100), as the published ROSA table; ``round(..., 2)``.
+    """Plain mean of the given scores (0-100), as the published ROSA table; ``round(..., 2)``.
 
-    ``scores`` maps dataset names (v1 or LongBench-E) to their scores, e.g. scorer's results.
-    The sum is exact (math.fsum), so the result does not depend on the datasets' order.
+    ``scores`` maps column names to scores: LongBench datasets (scorer's results) and, like the
+    published table, other columns such as a RULER score. The sum is exact (math.fsum), so the
+    result does not depend on the columns' order.
     """
-    values = list(_checked_scores(scores).values())
+    values = list(_checked_values(scores).values())
     return round(math.fsum(values) / len(values), 2)
 
 
 def category_mean(scores: Mapping[str, float]) -> dict[str, float]:
     """Leaderboard aggregation: the mean score of each category present, and their mean.
 
-    Returns ``{category: mean, ..., "overall": mean of the category means}``, categories in
+    ``scores`` maps LongBench dataset names (v1 or LongBench-E, each base dataset at most once) to
+    scores. Returns ``{category: mean, ..., "overall": mean of the category means}``, categories in
     :data:`CATEGORIES` order, only those with at least one dataset in ``scores``. Rounding: each
     category mean is computed from the given scores unrounded, "overall" from the unrounded category
     means, and every returned value is rounded once, with Python ``round(..., 2)``.
     """
     groups: dict[str, list[float]] = {}
-    for name, value in _checked_scores(scores).items():
-        groups.setdefault(DATASET_CATEGORY[name], []).append(value)
+    seen: dict[str, str] = {}
+    for name, value in _checked_values(scores).items():
+        base = base_dataset(name)
+        if base in seen:
+            raise ValueError(f"scores holds {base!r} twice: as {seen[base]!r} and as {name!r}")
+        seen[base] = name
+        groups.setdefault(DATASET_CATEGORY[base], []).append(value)
     means = {cat: math.fsum(groups[cat]) / len(groups[cat]) for cat in CATEGORIES if cat in groups}
     result = {cat: round(value, 2) for cat, value in means.items()}
     result["overall"] = round(math.fsum(means.values()) / len(means), 2)
@@ -214,18 +221,17 @@ def _bound_metric(base: str, all_classes, code_backend: str):
     return metric
 
 
-def _checked_scores(scores: Mapping[str, float]) -> dict[str, float]:
-    """``scores`` keyed by base dataset name, checked: known names, no base twice, real non-NaN values."""
+def _checked_values(scores: Mapping[str, float]) -> dict[str, float]:
+    """``scores`` as floats, checked: a non-empty mapping of str names to real, non-NaN numbers."""
     if not isinstance(scores, Mapping) or not scores:
-        raise ValueError(f"scores must be a non-empty mapping dataset -> score, got {scores!r}")
+        raise ValueError(f"scores must be a non-empty mapping name -> score, got {scores!r}")
     checked = {}
     for name, value in scores.items():
-        base = base_dataset(name)
-        if base in checked:
-            raise ValueError(f"scores holds {base!r} twice (as {name!r} and another name)")
+        if not isinstance(name, str):
+            raise TypeError(f"scores must be keyed by dataset name (str), got key {name!r}")
         if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
             raise ValueError(f"scores[{name!r}] must be a number (0-100), got {value!r}")
-        checked[base] = float(value)
+        checked[name] = float(value)
     return checked
 
 

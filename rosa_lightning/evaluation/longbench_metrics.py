@@ -166,7 +166,8 @@ def _number_share(prediction: str, target: str) -> float:
 def _paragraph_id(answer: str, pattern: str, form: str) -> str:
     match = re.search(pattern, answer)
     if match is None:
-        raise ValueError(f"a retrieval answer must contain {form!r} (N = the paragraph number), got {answer!r}")
+        raise ValueError(f"a retrieval answer must contain {form!r} (N = the paragraph number), "
+                         f"got {answer!r}")
     return match.group(1)
 
 
