@@ -59,7 +59,8 @@ setup(
         "lightning>=2.4",
         "hydra-core>=1.3",
         "omegaconf>=2.3",
-        "wandb>=0.17",
+        "wandb>=0.31,<0.32",          # the offline logging and `wandb sync` usage in README.md are tested with 0.31
+        "rich>=13",                   # the 80-column progress bar (rosa_lightning.callbacks.progress)
         "datasets>=3.0",
         "tokenizers>=0.20",
         "tqdm",

@@ -53,20 +53,57 @@ def log_hyperparameters(cfg: DictConfig, loggers: list, model: Any) -> None:
         lg.log_hyperparams(params)
 
 
+def single_console_output() -> None:
+    """``import lightning`` gives the ``lightning`` logger a console handler of its own, while the logger
+    also propagates to the root handlers Hydra configured: every Lightning INFO line printed twice.
+    Where the root logger has handlers, Lightning's own is removed."""
+    lightning_log = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_log.handlers):
+            lightning_log.removeHandler(handler)
+
+
+def run_callbacks(cfg: DictConfig, callbacks: list) -> tuple[list, Any]:
+    """``callbacks`` plus the run report and, unless one was configured, the 80-column progress bar."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from rosa_lightning.callbacks.progress import CompactProgressBar
+    from rosa_lightning.callbacks.report import RunReport
+
+    report = RunReport()
+    extra = [report]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        extra.append(CompactProgressBar())
+    return callbacks + extra, report
+
+
+def with_metrics_csv(loggers: list, output_dir: str) -> list:
+    """``loggers`` plus a CSV logger (``<output_dir>/csv/version_0/metrics.csv``) unless one is there:
+    every run keeps a human-readable table of its metrics, whatever the logger."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if any(isinstance(lg, CSVLogger) for lg in loggers):
+        return loggers
+    return loggers + [CSVLogger(save_dir=output_dir, name="csv")]
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit the model described by ``cfg``; returns (metrics, objects by name)."""
     import lightning as L
 
+    from rosa_lightning.callbacks.report import finished_run_message, output_files, summary_lines
+
+    single_console_output()
     L.seed_everything(cfg.seed, workers=True)
     log.info("instantiating datamodule <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data)
     log.info("instantiating model <%s>", cfg.model._target_)
     model = hydra.utils.instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks, report = run_callbacks(cfg, instantiate_group(cfg.get("callbacks"), "callback"))
+    loggers = with_metrics_csv(instantiate_group(cfg.get("logger"), "logger"), cfg.paths.output_dir)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "callbacks": callbacks, "logger": loggers}
     try:
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
         objects["trainer"] = trainer
         log_hyperparameters(cfg, loggers, model)
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -74,8 +111,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         if cfg.get("validate_after_fit"):
             for result in trainer.validate(model=model, datamodule=datamodule):
                 metrics.update({k: float(v) for k, v in result.items()})
+        files = output_files(trainer, Path(cfg.paths.output_dir))
     finally:
         finish_loggers(loggers)
+    if report.start_step is None and cfg.get("ckpt_path"):
+        log.warning(finished_run_message(cfg.ckpt_path, trainer))
+    # one record, after the loggers' own end-of-run output, so it is the last thing printed
+    log.info("\n".join(summary_lines(trainer, metrics, report, cfg.paths.output_dir, files)))
     return metrics, objects
 
 
