@@ -1,9 +1,8 @@
 """``generate_text(cfg)`` and the Hydra entry point of ``generate.py`` (config: ``conf/generate.yaml``).
 
-The model is described by the same ``model`` group as training (backbone, dtype, attention
-implementation). With an ``adapter``, the ROSA layout stored in the adapter (bits, layers, window,
-token channel) is used, so the model matches what was trained; without one, ``model.rosa`` is used
-(the ROSA init, i.e. the windowed backbone).
+The model is a training run (``run_dir``: its merged model or final checkpoint), a base checkpoint plus
+a ROSA ``adapter`` (in the adapter's saved layout), ``model.init_from``, or the ``model`` group alone;
+``rosa_lightning.generation.loading`` resolves them.
 """
 from __future__ import annotations
 
@@ -15,47 +14,15 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rosa_lightning.generation.loading import load_inference_model
+
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def _rosa_config(cfg: DictConfig):
-    from rosa_lightning.modeling import RosaConfig, read_adapter_config
-
-    if cfg.get("adapter"):
-        rosa = read_adapter_config(_existing(cfg.adapter, "adapter"))
-        log.info("ROSA layout from the adapter: %s", rosa)
-        return rosa
-    node = OmegaConf.to_container(cfg.model.rosa, resolve=True)
-    node.pop("_target_", None)
-    return RosaConfig.from_dict(node)
-
-
-def _existing(path: str, key: str) -> str:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{key}={path!r} does not exist")
-    return str(p)
-
-
 def load_model_and_tokenizer(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
-    """The ROSA model (base checkpoint + adapter, eval mode, on ``cfg.device``) and its tokenizer."""
-    from rosa_lightning.data.loading import load_tokenizer
-    from rosa_lightning.lit_module import build_model
-    from rosa_lightning.modeling import load_adapter
-
-    m = cfg.model
-    model = build_model(m.backbone, _rosa_config(cfg), torch_dtype=m.get("torch_dtype"),
-                        attn_implementation=m.get("attn_implementation", "sdpa"),
-                        from_scratch=bool(m.get("from_scratch", False)))
-    if cfg.get("adapter"):
-        load_adapter(model, _existing(cfg.adapter, "adapter"))
-    model.eval().to(cfg.get("device", "cpu"))
-    tokenizer = load_tokenizer(cfg.tokenizer if cfg.get("tokenizer") else m.backbone,
-                               config_key="tokenizer" if cfg.get("tokenizer") else "model.backbone")
-    tokenizer.padding_side = "left"  # decoder-only batches: each row's prompt ends at the last column
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    """The model (eval mode, on ``cfg.device``) and its tokenizer; see ``generation.loading``."""
+    model, tokenizer, _ = load_inference_model(cfg)
     return model, tokenizer
 
 
