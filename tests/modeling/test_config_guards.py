@@ -1,0 +1,56 @@
+"""Impossible ROSA settings are refused where they are given: non-int values (bools included), thread counts
+OpenMP cannot start, and a retrieval job that hangs ends in a timeout naming the layer."""
+import threading
+import time
+
+import pytest
+import torch
+
+from rosa_lightning.modeling import RetrievalPipeline, RetrievalTimeout, RosaConfig
+from rosa_lightning.retrieval import rosa_match
+from rosa_lightning.retrieval.validation import max_kernel_threads
+
+
+@pytest.mark.parametrize("field, value", [("bits", True), ("bits", 4.0), ("global_layers", True), ("window", True),
+                                          ("rosa_layers", [True]), ("num_threads", True)])
+def test_bool_and_float_are_not_ints(field, value):
+    with pytest.raises(ValueError, match=f"RosaConfig.{field}"):
+        RosaConfig(**{field: value})
+
+
+def test_thread_count_beyond_the_machine_is_refused_before_any_thread_starts():
+    cap = max_kernel_threads()
+    assert 64 <= cap <= 16_384  # half of the thread limit at most; OpenMP aborted at 40,000 on a 32,768 limit
+    q = torch.zeros(1, 4, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="num_threads=100000 is more than this machine allows"):
+        rosa_match(q, q, 4, 100_000)
+    with pytest.raises(ValueError, match="num_threads=100000"):
+        RetrievalPipeline(100_000)
+    assert RetrievalPipeline(cap).num_threads == cap
+
+
+def test_hanging_retrieval_job_times_out_naming_the_layer():
+    release = threading.Event()
+
+    def hanging(*args, **kwargs):
+        release.wait(30)
+        raise RuntimeError("released")
+
+    q = torch.zeros(1, 8, 2, dtype=torch.uint8)
+    pipe = RetrievalPipeline(1, match_fn=hanging, wait_timeout_s=0.3).start()
+    handle = pipe.submit(5, q, q, 4, want_cf=False)
+    t0 = time.perf_counter()
+    with pytest.raises(RetrievalTimeout, match=r"ROSA layer 5 did not finish within 0.3 s \(callbacks.retrieval_runtime"):
+        handle.wait()
+    pipe.close()  # does not wait for the stuck job
+    assert time.perf_counter() - t0 < 5
+    workers = [t for t in threading.enumerate() if t.name == "rosa-retrieval"]
+    assert workers and all(t.daemon for t in workers)  # cannot keep the process alive at exit
+    release.set()
+    for t in workers:
+        t.join(5)
+
+
+def test_wait_timeout_is_validated():
+    with pytest.raises(ValueError, match="wait_timeout_s"):
+        RetrievalPipeline(1, wait_timeout_s=0)
