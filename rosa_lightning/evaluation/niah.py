@@ -97,7 +97,8 @@ def needle_text(key: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class _Draw:
-    """One prompt: the needle ``key``/``value`` placed before noise line ``line`` of ``lines`` lines."""
+    """One prompt: ``lines`` noise lines with the needle for ``key``/``value`` inserted as context line ``line``
+    (0-based, ``0 <= line < lines``, as RULER's ``list.insert``)."""
     key: str
     value: str
     line: int
