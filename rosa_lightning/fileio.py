@@ -3,8 +3,8 @@
 Every file the project writes atomically goes first to ``.<name>.tmp-<host>-<pid>`` beside its final
 name and is then renamed onto it, so a reader sees either the old file or the complete new one. The
 host and pid in the name let a later run tell a temporary of a dead writer (safe to delete) from one
-that is still being written. Temporaries are opened like ordinary files, so the final files get the
-permissions the umask gives (not the 0600 of ``tempfile.mkstemp``).
+that is still being written. Every written file gets the permissions an ordinary ``open`` would give under
+the process's umask, whatever the writer used (``tempfile.mkstemp`` and safetensors create files 0600).
 """
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ def temp_path(path: PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def file_mode() -> int:
+    """The mode ``open(..., "w")`` gives a new file: 0o666 without the umask's bits."""
+    try:  # Linux shows the umask without changing it; os.umask can only be read by setting it
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to create the temporary file, fsync it, then rename it onto ``path``.
 
@@ -36,6 +49,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = temp_path(path)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,6 +74,10 @@ def atomic_write_dir(path: PathLike, write: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir()
         write(tmp)
+        mode = file_mode()
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                os.chmod(file, mode)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
