@@ -33,7 +33,7 @@ class Poison:
 
 
 def _poison(where):
-    return [f"+callbacks.poison._target_=tests.framework.test_nonfinite.Poison", f"+callbacks.poison.where={where}"]
+    return ["+callbacks.poison._target_=tests.framework.test_nonfinite.Poison", f"+callbacks.poison.where={where}"]
 
 
 def _all_finite(ckpt):
