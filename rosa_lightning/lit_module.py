@@ -373,23 +373,24 @@ def saved_rosa_config(checkpoint: Mapping) -> Optional[dict]:
 def load_initial_weights(model: torch.nn.Module, path: str) -> Optional[bool]:
     """Start from a Lightning checkpoint (``state_dict`` keys under ``model.``) or a saved adapter
     (a ``.safetensors`` file or a directory holding one), after checking its checksum and that its ROSA
-    layout is the model's. Returns whether the file's backbone was trained (None: not recorded)."""
+    branch layout is the model's (the window and global layers may change). Returns whether the file's
+    backbone was trained (None: not recorded)."""
     from pathlib import Path
 
     from rosa_lightning.callbacks.checkpoint_io import verify_checkpoint
     from rosa_lightning.modeling import load_adapter, read_adapter_metadata
-    from rosa_lightning.modeling.integrity import check_layout
+    from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
 
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"model.init_from={path!r} does not exist")
     if p.is_dir() or p.suffix == ".safetensors":
-        load_adapter(model, str(p))
+        load_adapter(model, str(p), compare=BRANCH_FIELDS)  # a starting point: the window may change
         return read_adapter_metadata(str(p))["backbone_trained"]
     checkpoint = torch.load(p, map_location="cpu", weights_only=False)
     verify_checkpoint(checkpoint, f"{p} (model.init_from)")
     check_layout(saved_rosa_config(checkpoint), model.rosa_runtime.config, f"checkpoint {p} (model.init_from)",
-                 model.config.num_hidden_layers)
+                 model.config.num_hidden_layers, BRANCH_FIELDS)
     train_state = checkpoint.get("rosa_train_state") or {}
     state = checkpoint["state_dict"]
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}

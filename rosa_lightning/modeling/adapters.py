@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from rosa_lightning.fileio import atomic_write
 
 from .config import RosaConfig
-from .integrity import check_finite, check_layout, tensor_checksum, verify_checksum
+from .integrity import LAYOUT_FIELDS, check_finite, check_layout, tensor_checksum, verify_checksum
 from .model import rosa_named_parameters
 
 ADAPTER_FILE = "rosa_adapter.safetensors"
@@ -81,12 +81,14 @@ def read_adapter_config(path: Union[str, os.PathLike]) -> RosaConfig:
     return RosaConfig.from_dict(read_adapter_metadata(path)["rosa_config"])
 
 
-def load_adapter(model: torch.nn.Module, path: Union[str, os.PathLike]) -> RosaConfig:
+def load_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
+                 compare: tuple[str, ...] = LAYOUT_FIELDS) -> RosaConfig:
     """Copy saved ROSA parameters into ``model`` (which must have the same ROSA layout).
 
-    Raises ValueError naming missing/unexpected keys, shape mismatches, the layout fields where the
-    file's ROSA config differs from the model's, or a corrupted file (checksum); the model is left
-    unchanged when anything is wrong. Returns the saved config.
+    Raises ValueError naming missing/unexpected keys, shape mismatches, the fields of ``compare`` where
+    the file's ROSA config differs from the model's (``integrity.BRANCH_FIELDS`` lets the window differ),
+    or a corrupted file (checksum); the model is left unchanged when anything is wrong. Returns the saved
+    config.
     """
     meta = read_adapter_metadata(path)
     file = meta["file"]
@@ -98,7 +100,7 @@ def load_adapter(model: torch.nn.Module, path: Union[str, os.PathLike]) -> RosaC
             raise ValueError(f"adapter {file} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
         saved = {name: f.get_tensor(name) for name in sorted(keys)}
     check_layout(meta["rosa_config"], model.rosa_runtime.config, f"adapter {file}",
-                 model.config.num_hidden_layers)
+                 model.config.num_hidden_layers, compare)
     verify_checksum(saved.items(), meta["checksum"], f"adapter {file}")
     for name, t in saved.items():
         if t.shape != params[name].shape:

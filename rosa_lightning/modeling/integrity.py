@@ -22,8 +22,10 @@ from .config import RosaConfig
 
 # Fields that change what the same parameters compute. Gradient options (cf_field, grad_mode, relax_beta,
 # k_credit, cf_e0_term) and runtime settings (num_threads, enabled) may differ between a file and a model.
-LAYOUT_FIELDS = ("bits", "rosa_layers", "global_layers", "window", "injection", "token_channel", "kv_shift",
-                 "qk_tied", "center_u")
+# BRANCH_FIELDS give the ROSA parameters their meaning; the attention fields may change when a file is only
+# a starting point (model.init_from): the published protocol converts a global model to the window.
+BRANCH_FIELDS = ("bits", "rosa_layers", "injection", "token_channel", "kv_shift", "qk_tied", "center_u")
+LAYOUT_FIELDS = BRANCH_FIELDS[:2] + ("global_layers", "window") + BRANCH_FIELDS[2:]
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RosaConfig)}
 
 
@@ -76,15 +78,16 @@ def _layers(cfg: Mapping, num_layers: Optional[int]) -> Any:
     return list(range(min(int(cfg.get("global_layers", _DEFAULTS["global_layers"])), num_layers), num_layers))
 
 
-def layout_differences(saved: Mapping, current: Mapping, num_layers: Optional[int] = None) -> dict[str, tuple]:
-    """{field: (saved value, current value)} over ``LAYOUT_FIELDS``.
+def layout_differences(saved: Mapping, current: Mapping, num_layers: Optional[int] = None,
+                       fields: tuple[str, ...] = LAYOUT_FIELDS) -> dict[str, tuple]:
+    """{field: (saved value, current value)} over ``fields``.
 
     A field missing from ``saved`` (written before the field existed) counts as its default, which is
     what older versions did. ``rosa_layers`` is compared as the resolved list of layers when
     ``num_layers`` is known (None and an explicit list can describe the same layers).
     """
     out = {}
-    for name in LAYOUT_FIELDS:
+    for name in fields:
         a, b = saved.get(name, _DEFAULTS[name]), current.get(name, _DEFAULTS[name])
         if name == "rosa_layers":
             a, b = _layers(saved, num_layers), _layers(current, num_layers)
@@ -93,14 +96,15 @@ def layout_differences(saved: Mapping, current: Mapping, num_layers: Optional[in
     return out
 
 
-def check_layout(saved: Optional[Mapping], current: RosaConfig, source: Any, num_layers: Optional[int] = None) -> None:
-    """Raise ``ValueError`` naming each differing layout field (saved vs current) of ``source``; warn once
-    when ``source`` stores no ROSA configuration (an older file)."""
+def check_layout(saved: Optional[Mapping], current: RosaConfig, source: Any, num_layers: Optional[int] = None,
+                 fields: tuple[str, ...] = LAYOUT_FIELDS) -> None:
+    """Raise ``ValueError`` naming each differing field of ``fields`` (saved vs current) of ``source``; warn
+    once when ``source`` stores no ROSA configuration (an older file)."""
     if saved is None:
         warnings.warn(f"{source} stores no ROSA configuration (written by an older version); its layout is not "
                       f"checked against the model", UserWarning, stacklevel=3)
         return
-    diff = layout_differences(saved, current.to_dict(), num_layers)
+    diff = layout_differences(saved, current.to_dict(), num_layers, fields)
     if diff:
         fields = "; ".join(f"{k}: saved {a!r}, current {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
         raise ValueError(f"{source} was trained with a different ROSA configuration ({fields}); set model.rosa "

@@ -81,3 +81,13 @@ def test_old_checkpoint_without_the_new_fields_still_resumes(trained, tmp_path):
         metrics, objects = train(compose_cfg(tmp_path / "run", SHORT + ["trainer.max_steps=3",
                                                                         f"ckpt_path={tmp_path / 'old.ckpt'}"]))
     assert objects["trainer"].global_step == 3 and objects["model"].backbone_trained is True  # stage B saved
+
+
+def test_init_from_may_change_the_window(trained, tmp_path):
+    import hydra
+
+    ckpt, module = trained  # window 16; the published protocol converts a model to another window
+    started = hydra.utils.instantiate(compose_cfg(tmp_path, SHORT + ["model.rosa.window=8",
+                                                                     f"model.init_from={ckpt}"]).model)
+    assert started.model.rosa_runtime.config.window == 8 and started.backbone_trained is True
+    assert torch.equal(started.model.model.layers[1].rosa.q_proj.weight, module.model.model.layers[1].rosa.q_proj.weight)
