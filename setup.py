@@ -45,7 +45,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rosa_lightning", "rosa_lightning.*"]),
-    package_data={"rosa_lightning.evaluation": ["longbench_config/*", "data/ruler/*", "data/wonderwords/*"]},
+    package_data={"rosa_lightning.evaluation": ["longbench_config/*", "data/ruler/*", "data/wonderwords/*",
+                                               "fixtures/longbench/*.jsonl"]},
     python_requires=">=3.10",
     ext_modules=cythonize(
         extensions,

@@ -28,6 +28,7 @@ from rosa_lightning.generation.loading import ModelSource, load_inference_model
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 PROTOCOL_FILE = "protocol.json"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "longbench"
 
 
 def evaluate(cfg: DictConfig, model: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> dict:
@@ -76,7 +77,7 @@ def build_tasks(cfg: DictConfig, tokenizer: Any) -> list[Task]:
     names = list(t.get("longbench") or [])
     data_dir = None
     if names or names_e:
-        data_dir = Path(cfg.data.dir).expanduser() if cfg.data.get("dir") else hub_data_dir(cfg.data.hub_id)
+        data_dir = _data_dir(cfg.data)
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data.dir={str(data_dir)!r} is not a directory of LongBench jsonl files")
     common = dict(max_length=lb.max_length, chat_template=bool(lb.chat_template), limit=cfg.data.get("limit"))
@@ -89,6 +90,15 @@ def build_tasks(cfg: DictConfig, tokenizer: Any) -> list[Task]:
         raise ValueError("no task chosen: set tasks.longbench, tasks.longbench_e or tasks.niah (or pick a "
                          "tasks=<name> config from conf/tasks/)")
     return tasks
+
+
+def _data_dir(data: DictConfig) -> Path:
+    """``data.dir``, the shipped fixture files (``data.fixtures``), or the hub's files (``data.hub_id``)."""
+    if data.get("dir") and data.get("fixtures"):
+        raise ValueError(f"set data.dir={data.dir!r} or data.fixtures=true, not both")
+    if data.get("fixtures"):
+        return FIXTURE_DIR
+    return Path(data.dir).expanduser() if data.get("dir") else hub_data_dir(data.hub_id)
 
 
 def arm_label(model: torch.nn.Module) -> str:

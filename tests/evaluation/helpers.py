@@ -12,7 +12,7 @@ from rosa_lightning.data.stdlib_corpus import EOT, train_tokenizer
 from rosa_lightning.modeling import RosaConfig, build_rosa_model, rosa_layers
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE_DIR = ROOT / "tests" / "data" / "longbench_fixture"
+FIXTURE_DIR = ROOT / "rosa_lightning" / "evaluation" / "fixtures" / "longbench"
 VOCAB = 400
 
 
