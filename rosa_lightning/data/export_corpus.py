@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from rosa_lightning.fileio import atomic_write
 
 from .stdlib_corpus import StdlibCorpus
 
@@ -28,19 +29,12 @@ def export_stdlib_jsonl(out_dir: os.PathLike | str, split: str = "train", files:
     texts = corpus.texts(split)
     if not texts:
         raise ValueError(f"no stdlib files in split {split!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / CORPUS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".stdlib.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             for text in texts:
                 f.write(json.dumps({"text": text}) + "\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    return atomic_write(Path(out_dir) / CORPUS_FILE, write)
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,6 @@ bool [T] (all True), the same keys as the synthetic tasks.
 from __future__ import annotations
 
 import hashlib
-import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,11 +92,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, path: Optional[Path] 
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tok.save(str(tmp))
-        os.replace(tmp, path)
+        from rosa_lightning.fileio import atomic_write
+
+        atomic_write(path, lambda tmp: tok.save(str(tmp)))
     return tok
 
 
