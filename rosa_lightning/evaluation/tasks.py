@@ -38,8 +38,9 @@ def longbench_task(tokenizer: Any, data_dir: Path, dataset: str, *, longbench_e:
     _check_unique_ids(records, data_dir / file_name(dataset, longbench_e))
     max_new = longbench.max_new_tokens(dataset)
     samsum = dataset == "samsum"
-    # the official samsum call stops at "\n" too and forces one new token (min_length = context length + 1)
-    newline = (tokenizer.encode("\n", add_special_tokens=False)[-1],) if samsum else ()
+    # the official samsum call stops at "\n" too and forces one new token (min_length = context length + 1);
+    # a tokenizer that encodes "\n" to nothing can never emit it, so there is no stop to add
+    newline = tuple(tokenizer.encode("\n", add_special_tokens=False)[-1:]) if samsum else ()
     samples = []
     for r in records:
         p = build_prompt(tokenizer, dataset, r, max_length, chat_template)

@@ -49,9 +49,16 @@ class ModelSource:
 def load_inference_model(cfg: DictConfig) -> tuple[torch.nn.Module, Any, ModelSource]:
     """The model (eval mode, on ``cfg.device``), its tokenizer (left padding, a pad token) and its source."""
     model, source = _build(cfg)
-    model.eval().to(cfg.get("device") or "cpu")
+    model.eval().to(resolve_device(cfg.get("device")))
     log.info("model: %s", source.description)
     return model, _tokenizer(cfg, source), source
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """``auto`` (or None): ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
 
 
 def _build(cfg: DictConfig) -> tuple[torch.nn.Module, ModelSource]:
