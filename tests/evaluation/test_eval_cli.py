@@ -195,3 +195,15 @@ def test_compare_table_gap_and_plot(tmp_path, capsys):
     assert (tmp_path / "cmp" / "comparison.md").read_text() == table
     assert (tmp_path / "cmp" / "niah_vs_length.png").stat().st_size > 1000
     assert "gap recovered" not in comparison_table([json.loads((dirs[2] / "results.json").read_text())])
+
+
+@pytest.mark.parametrize("baseline, label, window", [("global", "global", None), ("window", "window", 16)])
+def test_baseline_arms_of_a_plain_backbone(tmp_path, baseline, label, window):
+    from rosa_lightning.generation.loading import load_inference_model
+
+    backbone = save_backbone(tmp_path / "backbone")
+    cfg = eval_cfg(tmp_path / "out", f"model.backbone={backbone}", f"baseline={baseline}")
+    assert cfg.arm == label
+    model, _, source = load_inference_model(cfg)
+    assert source.kind == "backbone" and arm_label(model) == label and model.config.sliding_window == window
+    assert not model.rosa_runtime.config.enabled
