@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rosa_lightning.cli import finish_loggers, instantiate_group
 from rosa_lightning.evaluation.records import hub_data_dir

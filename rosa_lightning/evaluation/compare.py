@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from rosa_lightning.evaluation import longbench
 from rosa_lightning.evaluation.results import columns, format_score, read_results, table_row, write_text
 
 
@@ -33,7 +34,7 @@ def comparison_table(all_results: list[dict], labels: Optional[list[str]] = None
     """Markdown table: arms as rows, shared columns, mean over them, and the gap recovered on the mean."""
     labels = labels or [r.get("arm", "?") for r in all_results]
     cols = shared_columns(all_results)
-    means = [_mean([columns(r)[c] for c in cols]) for r in all_results]
+    means = [longbench.mean_score({c: columns(r)[c] for c in cols}) for r in all_results]
     base = {lab: m for lab, m in zip(labels, means)}
     has_baselines = "global" in base and "window" in base
     head = ["arm", *cols, "mean"] + (["gap recovered"] if has_baselines else [])
@@ -72,11 +73,6 @@ def plot_niah(all_results: list[dict], labels: list[str], path: Path) -> Optiona
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _mean(values: list[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return round(sum(vals) / len(vals), 2) if vals else float("nan")
 
 
 def main(argv: Optional[list[str]] = None) -> str:

@@ -27,8 +27,7 @@ def columns(results: dict) -> dict[str, float]:
 
 def summarize(results: dict) -> dict:
     """Add ``mean`` (plain mean of the columns, round 2) and ``category_mean`` (LongBench only) in place."""
-    cols = [v for v in columns(results).values() if not math.isnan(v)]
-    results["mean"] = round(sum(cols) / len(cols), 2) if cols else float("nan")
+    results["mean"] = longbench.mean_score(columns(results))
     if results.get("longbench"):
         results["category_mean"] = longbench.category_mean(results["longbench"])
     return results

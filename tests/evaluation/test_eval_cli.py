@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from rosa_lightning.data.hub import ResourceUnavailableError
-from rosa_lightning.evaluation import cli as eval_cli
 from rosa_lightning.evaluation import runner
 from rosa_lightning.evaluation.cli import CONFIG_DIR, arm_label, evaluate
 from rosa_lightning.evaluation.compare import comparison_table, gap_recovered, main as compare_main
