@@ -181,15 +181,16 @@ class RosaLitModule(L.LightningModule):
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return
         bad = first_nonfinite_grad(self.model)
-        if bad is not None and self.nonfinite == "raise":
-            raise nonfinite_grad_error(bad, self.global_step)
+        if self.nonfinite == "raise":
+            if bad is not None:
+                raise nonfinite_grad_error(bad, self.global_step)
+            return
         skip = self.trainer.strategy.reduce_boolean_decision(bad is not None or self._nonfinite_loss, all=False)
         self._nonfinite_loss = False
         if skip:
             optimizer.zero_grad(set_to_none=True)  # no gradient: AdamW leaves weights and moments untouched
             self.nonfinite_skipped += 1
-        if self.nonfinite == "skip":
-            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=1)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=1)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -226,7 +227,7 @@ class RosaLitModule(L.LightningModule):
         from rosa_lightning.modeling.integrity import check_layout
 
         check_layout(saved_rosa_config(checkpoint), self.model.rosa_runtime.config,
-                     f"checkpoint {getattr(self.trainer, 'ckpt_path', None) or 'ckpt_path'}",
+                     f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or 'ckpt_path'}",
                      self.model.config.num_hidden_layers)
         state = checkpoint.get("rosa_train_state")
         if state is None:
