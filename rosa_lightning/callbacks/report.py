@@ -91,8 +91,9 @@ def output_files(trainer: L.Trainer, output_dir: Path) -> list[tuple[str, Path]]
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and getattr(ckpt, "dirpath", None):
         found.append(("checkpoints", Path(ckpt.dirpath)))
-    found += [("adapter", cb.exported) for cb in trainer.callbacks if isinstance(cb, AdapterExport)]
-    found.append(("model", output_dir / "model"))
+    for cb in trainer.callbacks:
+        if isinstance(cb, AdapterExport):
+            found += [("adapter", cb.exported), ("model", cb.exported_model)]
     for lg in trainer.loggers:
         if type(lg).__name__ == "CSVLogger":
             found.append(("metrics csv", Path(lg.log_dir) / "metrics.csv"))

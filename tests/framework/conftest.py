@@ -53,11 +53,14 @@ def _word_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory) -> Path:
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny_qwen3"))
+
+
+def save_tiny_backbone(path: Path) -> Path:
     """A local 'pretrained' Qwen3 directory: config, random weights and a tokenizer (vocab 128)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny_qwen3")
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,

@@ -55,6 +55,7 @@ def test_summary_names_final_metrics_and_every_file(make_cfg, tmp_path, caplog):
     files = {line.split()[0]: line.split()[-1] for line in lines if line.startswith("  ") and "/" in line.split()[-1]}
     assert files["run"] == str(tmp_path) and files["checkpoints"] == "checkpoints/"
     assert files["adapter"] == "adapter/rosa_adapter.safetensors" and files["metrics"] == "csv/version_0/metrics.csv"
+    assert files["model"] == "model/"
     metric_lines = lines[1:next(i for i, line in enumerate(lines) if line.startswith("  run dir"))]
     assert metric_lines and all(len(line) <= 80 for line in metric_lines)
 
