@@ -66,6 +66,9 @@ def evaluate(cfg: DictConfig, model: Optional[torch.nn.Module] = None, tokenizer
     finally:
         finish_loggers(loggers)
     print(markdown_table(results), end="")
+    tp = results["throughput"]
+    print(f"{tp['samples']} samples in {tp['wall_s']:.1f} s; prefill {tp['prefill_tokens']} tokens at "
+          f"{tp['prefill_tokens_per_s']} tok/s, decode {tp['decode_tokens']} tokens at {tp['decode_tokens_per_s']} tok/s")
     log.info("results: %s", out_dir / "results.json")
     return results
 
