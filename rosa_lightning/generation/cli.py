@@ -40,6 +40,8 @@ def generate_text(cfg: DictConfig, model: Optional[torch.nn.Module] = None, toke
         raise ValueError(f"prompt must be a non-empty string or a list of them, got {cfg.prompt!r}")
     torch.manual_seed(int(cfg.seed))
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    if batch["input_ids"].shape[1] == 0:
+        raise ValueError(f"prompt {cfg.prompt!r} encodes to no tokens with this tokenizer")
     kwargs = OmegaConf.to_container(cfg.generation, resolve=True) if cfg.get("generation") else {}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     with torch.no_grad():

@@ -143,6 +143,10 @@ def _tokenizer(cfg: DictConfig, source: ModelSource):
     if ref is None:
         raise ValueError(f"the model ({source.description}) comes without a tokenizer (a backbone built from a "
                          f"config, e.g. a run on synthetic token ids); set tokenizer=<dir or hub id>")
+    local = Path(str(ref)).expanduser()
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{key}={str(ref)!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                         f"set tokenizer=<dir or hub id>")
     tokenizer = load_tokenizer(ref, config_key=key)
     tokenizer.padding_side = "left"  # decoder-only batches: each row's prompt ends at the last column
     if tokenizer.pad_token is None:

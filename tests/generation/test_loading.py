@@ -122,3 +122,11 @@ def test_model_without_tokenizer_asks_for_one(tmp_path):
     model.save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="without a tokenizer.*tokenizer="):
         load_inference_model(_cfg(f"run_dir={tmp_path}"))
+
+
+def test_backbone_dir_without_tokenizer_files_is_named(trained, tmp_path):
+    from transformers import Qwen3ForCausalLM
+
+    Qwen3ForCausalLM(tiny_config(vocab_size=VOCAB)).save_pretrained(tmp_path / "weights_only")
+    with pytest.raises(ValueError, match="weights_only' holds no tokenizer files"):
+        load_inference_model(_cfg(f"model.backbone={tmp_path / 'weights_only'}"))
