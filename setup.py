@@ -72,6 +72,8 @@ setup(
         "jieba==0.42.1",
     ],
     extras_require={
+        # lm-evaluation-harness for the short-context tasks (README "Short-context tasks"); not used by the tests
+        "harness": ["lm-eval[hf]>=0.4.13,<0.5"],
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "numba>=0.60", "python-Levenshtein>=0.27"],
     },
     zip_safe=False,

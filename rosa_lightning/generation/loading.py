@@ -54,6 +54,18 @@ def load_inference_model(cfg: DictConfig) -> tuple[torch.nn.Module, Any, ModelSo
     return model, _tokenizer(cfg, source), source
 
 
+def load_run(run_dir: str, *, device: Optional[str] = "auto", torch_dtype: Optional[str] = None,
+             tokenizer: Optional[str] = None) -> tuple[torch.nn.Module, Any]:
+    """The model a training run trained (``<run>/model/`` or its last checkpoint) and its tokenizer, from Python.
+
+    ``torch_dtype``: e.g. "bfloat16"; ``tokenizer``: a path or hub id replacing the run's own.
+    """
+    cfg = OmegaConf.create({"run_dir": str(run_dir), "device": device, "tokenizer": tokenizer,
+                            "model": {"torch_dtype": torch_dtype}})
+    model, tok, _ = load_inference_model(cfg)
+    return model, tok
+
+
 def resolve_device(device: Optional[str]) -> str:
     """``auto`` (or None): ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
     if device in (None, "auto"):

@@ -52,7 +52,8 @@ def system_thread_limit() -> Optional[int]:
         pass
     for name in _LIMIT_FILES:
         try:
-            text = open(name).read().strip()
+            with open(name) as f:
+                text = f.read().strip()
         except OSError:
             continue
         if text.isdigit():

@@ -130,3 +130,13 @@ def test_backbone_dir_without_tokenizer_files_is_named(trained, tmp_path):
     Qwen3ForCausalLM(tiny_config(vocab_size=VOCAB)).save_pretrained(tmp_path / "weights_only")
     with pytest.raises(ValueError, match="weights_only' holds no tokenizer files"):
         load_inference_model(_cfg(f"model.backbone={tmp_path / 'weights_only'}"))
+
+
+def test_load_run_from_python(trained, tmp_path):
+    from rosa_lightning.generation.loading import load_run
+
+    root, model = trained
+    model.save_pretrained(tmp_path / "model")
+    loaded, tok = load_run(str(tmp_path), device="cpu", tokenizer=str(root / "backbone"))
+    _same(loaded, model)
+    assert tok.padding_side == "left"
