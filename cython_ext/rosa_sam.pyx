@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Native ROSA retrieval kernel (suffix automaton over run-compressed key symbols).
 
-Implements the reference semantics of spec §3.3 bit-exactly for every (row, route) pair, without
+Implements the reference semantics of docs/retrieval.md §3 bit-exactly for every (row, route) pair, without
 the GIL, over OpenMP threads (static schedule, one automaton per thread arena, results
 independent of the thread count).
 
@@ -15,7 +15,7 @@ no transition targets the root) plus one 4-field record (link, len, e + 1).
 
 Latest end positions e[v] and context steps have two exact implementations per pair:
 
-* naive: e is updated by a walk from the new state to the root (spec §3.3 step 5) and a step
+* naive: e is updated by a walk from the new state to the root (docs/retrieval.md §3.2, step 5) and a step
   walks suffix links. Cheapest while suffix-link chains are short (random input).
 * link-cut tree (LCT) over the suffix-link tree: extending is one access of the new state plus a
   lazy "max with pos" tag on the root path (positions only grow, so max equals assignment); a
@@ -396,7 +396,7 @@ cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
 # ---------------------------------------------------------------- automaton
 
 cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
-    """Append symbol x at K-run index pos (spec §3.3 extend)."""
+    """Append symbol x at K-run index pos (docs/retrieval.md §3.2)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L = <idx_t *> S.lctn
     cdef int64_t A = S.A
@@ -481,7 +481,7 @@ cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx
 
 
 cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
-    """Spec §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one;
+    """docs/retrieval.md §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one;
     0 = none (a transition never targets the root)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
@@ -597,7 +597,7 @@ cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips
 
 cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
                     int32_t *tau, int32_t *cf) noexcept nogil:
-    """Consume n positions (spec §3.3 scan body); writes tau[0..n) and, if cf != NULL, the
+    """Consume n positions (docs/retrieval.md §3.4, the scan body); writes tau[0..n) and, if cf != NULL, the
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
     cdef int64_t i
     cdef int32_t a, x, ns, pre, j

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Native token-channel kernel (single-stream ROSA over raw token ids, spec §4).
+"""Native token-channel kernel (single-stream ROSA over raw token ids, docs/retrieval.md §9).
 
 One online suffix automaton per row over int64 token ids. Transitions live in an edge array
 (per-state linked lists, needed to copy a state's transitions into a clone) indexed by an

@@ -1,4 +1,4 @@
-"""``RosaLitModule``: loss, metrics, optimizer groups and the two training stages (spec §6.3, §6.4).
+"""``RosaLitModule``: loss, metrics, optimizer groups and the two training stages (docs/method.md §5).
 
 Stage A trains the ROSA parameters only; the backbone is frozen with ``requires_grad=False`` and
 gets no optimizer state. Stage B trains the backbone too, at its own (small) learning rate, with the
@@ -299,7 +299,7 @@ def answer_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: 
 
 
 def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, stage: str) -> list[dict]:
-    """Optimizer groups (spec §6.4): ROSA matrices / ROSA vectors (e0, e1) / backbone matrices / backbone
+    """Optimizer groups (docs/method.md §5.3): ROSA matrices / ROSA vectors (e0, e1) / backbone matrices / backbone
     vectors (norms, biases), each with ``lr``, ``min_lr`` (the schedule's floor) and ``name``.
 
     Only parameters with ``requires_grad`` are included; empty groups are dropped (stage A has no
@@ -327,7 +327,7 @@ def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, s
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 20):
     """Per group: linear warmup from ``min_lr`` to ``lr`` over ``warmup_steps``, then cosine to ``min_lr``
-    at ``total_steps`` (spec §6.4). Groups without ``min_lr`` decay to 0.
+    at ``total_steps`` (docs/method.md §5.3). Groups without ``min_lr`` decay to 0.
     """
     def factor(floor: float) -> Callable[[int], float]:
         def f(step: int) -> float:

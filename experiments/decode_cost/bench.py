@@ -1,9 +1,9 @@
-"""Decode cost of ROSA generation: latency per token and memory per token of context (spec §8.4).
+"""Decode cost of ROSA generation: latency per token and memory per token of context (docs/generation.md §4).
 
 A small random-weight model (hidden 256, 4 layers, window 256, ROSA on layers 1-3 with non-zero
 e0/e1, fp32, sdpa) is prefilled to a context of 1k/4k/16k/64k tokens (random ids, chunks of
 ``--chunk``) through the same path as ``generate()`` (HF ``DynamicCache`` + ``RosaGenerationCache``),
-then decodes single tokens. Two attention layouts: layer 0 global (the spec's placement) and
+then decodes single tokens. Two attention layouts: layer 0 global (the published placement) and
 every layer windowed. Reported: median ms per decoded token (and the part spent in ROSA
 retrieval), the KV bytes each layer holds, and the ROSA state (automaton + stored V symbols) per
 (route, token), which also gives a Qwen3-1.7B-shaped estimate (27 ROSA layers x 512 routes).

@@ -3,7 +3,7 @@
 Per pair: a dense int64 suffix automaton over the K-run string allocated per pair, the latest-end
 update walking the whole suffix-link chain on every extend, every step and all 2*M probes per
 Q-run walking suffix links from the context state, and a [T, M, 2] int64 counterfactual table of
-K-run indices. Same semantics as spec §3.3 (the benchmark checks tau against rosa_match).
+K-run indices. Same semantics as docs/retrieval.md §3 (the benchmark checks tau against rosa_match).
 """
 import numpy as np
 from numba import njit

@@ -1,9 +1,9 @@
-"""Token channel (spec §4) throughput: ns per token, one thread, one row of T tokens.
+"""Token channel (docs/retrieval.md §9) throughput: ns per token, one thread, one row of T tokens.
 
 Inputs: uniform random ids over the Qwen3 vocabulary, periodic text (period 1..64), long runs of
 one id, and a random block repeated 8 times. Two kernels side by side in one process: the
 shipped one (link-cut tree for latest end positions) and the plain O(depth) latest-end walk of
-spec §4.2 (the ``_plain`` testing switch). Also reports bytes of streaming state per token.
+docs/retrieval.md §9.2 (the ``_plain`` testing switch). Also reports bytes of streaming state per token.
 
     python experiments/retrieval_throughput/bench_tokens.py [--T 16384] [--repeats 5]
 """

@@ -72,7 +72,7 @@ def bench_steps(args) -> dict:
 
 
 def published_saved_bytes(B: int, T: int, C: int, M: int, logit_bytes: int = 2) -> int:
-    """Published layout (spec §9): cf table [B,R,T,M,2] int64, tau/q_run_id/k_run_start int64, zq/zk/zv."""
+    """Published layout (docs/gradients.md §1): cf table [B,R,T,M,2] int64, tau/q_run_id/k_run_start int64, zq/zk/zv."""
     R = C // M
     return B * R * T * M * 2 * 8 + 3 * B * R * T * 8 + 3 * B * T * C * logit_bytes
 

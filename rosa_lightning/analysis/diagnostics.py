@@ -8,7 +8,7 @@ The answer's slot. An answer token a_t at position t is predicted at t-1. Its *b
 position s < t-1 where the same token followed the same preceding token (ids[s-1] = ids[t-1], ids[s] = ids[t]):
 in MQAR the value right after the key in the pair section (keys occur in the filler only after it), in passkey the
 digit in the needle. A route reads the answer when tau[t-1] is s (V computed from the token it reads) or s+1 (V
-computed one position late, as induction from a K built from the previous token needs, spec R4).
+computed one position late, as induction from a K built from the previous token needs, docs/retrieval.md §R4).
 """
 from __future__ import annotations
 

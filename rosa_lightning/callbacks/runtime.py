@@ -1,6 +1,6 @@
 """``RetrievalRuntime``: the retrieval executor's lifecycle, the CPU-core budget, and per-step timing.
 
-CPU budget (spec §7.3), per rank on a node with ``usable`` cores (the CPU affinity count) and
+CPU budget (docs/pipeline.md §3), per rank on a node with ``usable`` cores (the CPU affinity count) and
 ``local_world`` ranks::
 
     per_rank       = usable // local_world

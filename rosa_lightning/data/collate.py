@@ -1,6 +1,6 @@
 """Batch assembly: stacking items and computing the token channel inside DataLoader workers.
 
-The token channel (spec §4) depends only on the input ids, so it is computed here, in the worker
+The token channel (docs/retrieval.md §9) depends only on the input ids, so it is computed here, in the worker
 processes, one batch ahead of the training step; with ``pin_memory`` it is already in pinned memory
 when the step starts and the step does no CPU work for it.
 """
@@ -31,7 +31,7 @@ class RosaCollate:
                          -100 where nothing is scored (all tokens are scored when items carry no labels)
         answer_mask      bool  [B, T], only when the items carry one
         rosa_token_ids   int32 [B, T], only with ``token_channel``: the token that followed the latest
-                         longest earlier match (spec §4.1), -1 where there is none
+                         longest earlier match (docs/retrieval.md §9.1), -1 where there is none
 
     ``token_threads``: kernel threads for the token channel inside one worker (part of the CPU budget).
     """

@@ -1,4 +1,4 @@
-"""Incremental generation for ROSA models (spec §8): the ROSA cache and HF ``generate()`` support.
+"""Incremental generation for ROSA models (docs/generation.md): the ROSA cache and HF ``generate()`` support.
 
 Public API: ``RosaGenerationCache`` (per-layer streams, stored V symbols, token channel, padding
 offsets), ``RosaGenerationMixin`` (``generate`` / ``prepare_inputs_for_generation`` of

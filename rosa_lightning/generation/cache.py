@@ -1,4 +1,4 @@
-"""``RosaGenerationCache``: the ROSA state of one ``generate`` call (spec §8.2-§8.4).
+"""``RosaGenerationCache``: the ROSA state of one ``generate`` call (docs/generation.md §2-§4).
 
 Per ROSA layer it holds a ``RosaStream`` over [B rows x R routes] (the suffix automata over the
 K-run strings) and the V symbol of every position (to answer ``v_at_tau``); for the token channel
@@ -9,7 +9,7 @@ Protocol of one forward over ``T_new`` new positions:
 1. ``begin(new_ids, attention_mask)`` before the model runs. It records ``T_new``, streams the
    token channel over the new ids and returns its outputs (``rosa_token_ids``). Whether this is
    the prefill (first chunk, left padding applied) or a continuation follows from ``length``, the
-   number of positions already consumed, never from HF's KV cache object (spec §8.5, failure 3).
+   number of positions already consumed, never from HF's KV cache object (docs/generation.md §6, failure 3).
 2. ``retrieve(layer_idx, q_sym, k_sym, v_sym)`` once per ROSA layer (called by the layer): one
    ``scan`` of the layer's stream over the new positions. Prefill is one batched scan of the whole
    prompt; decoding scans chunks of one position. Both give exactly ``rosa_match``'s tau.

@@ -1,4 +1,4 @@
-"""HF ``generate()`` for ROSA models: a fresh ``RosaGenerationCache`` per call (spec §8.3).
+"""HF ``generate()`` for ROSA models: a fresh ``RosaGenerationCache`` per call (docs/generation.md §3).
 
 ``RosaGenerationMixin`` goes before ``Qwen3ForCausalLM`` in the bases of ``RosaQwen3ForCausalLM``.
 ``generate`` creates (or resets) the ROSA cache and hands it to HF's loop as a model kwarg;

@@ -1,4 +1,4 @@
-"""Stored V symbols of one ROSA layer, read back at the retrieved times (spec §2.5, §8.2)."""
+"""Stored V symbols of one ROSA layer, read back at the retrieved times (docs/method.md §2.5, docs/generation.md §2)."""
 from __future__ import annotations
 
 import torch

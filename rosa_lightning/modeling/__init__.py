@@ -1,4 +1,4 @@
-"""ROSA layers for Hugging Face Qwen3 (spec §2, §4.3, §5, §6, §7).
+"""ROSA layers for Hugging Face Qwen3 (docs/method.md, docs/gradients.md, docs/pipeline.md).
 
 Public API: ``RosaConfig``, ``build_rosa_model``, ``apply_rosa``, ``windowed_config``,
 ``apply_window``, ``RosaQwen3ForCausalLM``, parameter helpers (``rosa_parameters``,

@@ -1,8 +1,8 @@
-"""Slow float64 transcription of spec §2.5 and §5.2, the test oracle of ``counterfactual.py``.
+"""Slow float64 transcription of docs/method.md §2.5 and docs/gradients.md §2, the test oracle of ``counterfactual.py``.
 
 Written per pair and per position straight from the formulas, with the full per-position
 counterfactual table ``cf_tau`` [B, R, T, M, 2] (omega_{j,beta}(t) as times, -1 where mu = 0;
-spec §10.5). Only for tiny shapes.
+docs/retrieval.md §8.2). Only for tiny shapes.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _run_start(zk_route, t: int) -> int:
 
 
 def cf_tau_from_runs(q_sym, k_sym, tau, r_cf_run):
-    """Per-position table [R, T, M, 2] from K-run-index counterfactuals (spec §10.5), one batch row.
+    """Per-position table [R, T, M, 2] from K-run-index counterfactuals (docs/retrieval.md §8.2), one batch row.
 
     Args:
         q_sym, k_sym, tau: [R, T]; r_cf_run: [R][n_q_runs][M][2] K-run indices or -1.

@@ -1,4 +1,4 @@
-"""The ROSA retrieval branch of one decoder layer (spec §2.2-§2.5).
+"""The ROSA retrieval branch of one decoder layer (docs/method.md §2.2-§2.5).
 
 Parameters (keys under ``model.layers.{i}.rosa``): ``q_proj/k_proj/v_proj/out_proj.weight`` [C, C]
 and ``e0``, ``e1`` [C]. Xavier-uniform Q/K/V, identity out_proj, zero e0/e1: the branch output
@@ -91,7 +91,7 @@ class PendingRetrieval:
 
 
 class RosaBranch(nn.Module):
-    """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (spec §2.4)."""
+    """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (docs/method.md §2.4)."""
 
     def __init__(self, hidden_size: int, bits: int, grad_options: GradOptions = GradOptions(),
                  dtype=None, device=None, input_options: InputOptions = InputOptions()) -> None:

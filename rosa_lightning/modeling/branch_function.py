@@ -1,4 +1,4 @@
-"""The ROSA branch as one autograd Function: readout + output projection forward, §5.2 backward.
+"""The ROSA branch as one autograd Function: readout + output projection forward, docs/gradients.md §2 backward.
 
 Why one fused Function: the backward needs zq, zk, zv, y, and per-position masks. Saving them
 would cost 4 [B, T, C] activations per layer (256 MiB at Qwen3-1.7B, T = 16k, bf16). Instead
@@ -6,7 +6,7 @@ the Function saves only the branch input u (already saved by the attention proje
 it costs nothing extra), the weights (parameters), and compact indices:
 
 * tau      int16/int32 [B, R, T]      destination times, -1 = none;
-* cf       int16/int32 [B, R, NQ, M]  flipped-bit destination per Q-run (spec §7.2);
+* cf       int16/int32 [B, R, NQ, M]  flipped-bit destination per Q-run (docs/gradients.md §1);
 * v_at_tau uint8 [B, R, T]            V symbol at tau (0 where none).
 
 The backward recomputes the three logits with one matmul each (deterministic, same dtype as in
@@ -48,7 +48,7 @@ class RosaBranchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_inj):
-        """§5.2. With ``u_kv`` (input options, ``branch_inputs``) the K and V logits are recomputed from u_kv and the
+        """docs/gradients.md §2. With ``u_kv`` (input options, ``branch_inputs``) the K and V logits are recomputed from u_kv and the
         input gradient is split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one tensor
         (``qk_tied``): autograd then adds both weight gradients into it."""
         u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau, *rest = ctx.saved_tensors
@@ -77,7 +77,7 @@ class RosaBranchFunction(torch.autograd.Function):
         delta = (e1 - e0).detach()
         gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
         del zq, zk, zv
-        # §5.2 results are fp32, cast to the logits' dtype; the projections' backward then runs
+        # the docs/gradients.md §2 results are fp32, cast to the logits' dtype; the projections' backward then runs
         # in that dtype, exactly as autograd of F.linear would.
         gz = [g.to(dt) for g in gz]
         for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):

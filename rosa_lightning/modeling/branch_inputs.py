@@ -1,16 +1,16 @@
 """Options for what the ROSA branch's Q/K/V projections read (learning options; off by default).
 
-The published branch (spec §2.4) projects the same normalised input u[t] into Q, K and V. Three options change the
-projections' inputs, never the retrieval semantics (spec §3) or the readout (§2.5):
+The published branch (docs/method.md §2.4) projects the same normalised input u[t] into Q, K and V. Three options change the
+projections' inputs, never the retrieval semantics (docs/retrieval.md) or the readout (docs/method.md §2.5):
 
 - ``kv_shift``: K and V read the previous position, k[t] = u[t-1]·Wkᵀ and v[t] = u[t-1]·Wvᵀ, while Q reads u[t].
   The first position of a sequence reads a zero vector (its K and V logits are exactly 0, so all its K and V
-  bits are 0). With it, the "K and V carry the previous token, Q the current one" induction structure of spec
-  §3.5 (E13) is available without the model having to learn it: a K-run whose symbol equals the query's is
+  bits are 0). With it, the "K and V carry the previous token, Q the current one" induction structure of docs/retrieval.md
+  §7 (E13) is available without the model having to learn it: a K-run whose symbol equals the query's is
   followed by the run that starts at the next position, whose V bits describe that next position.
 - ``qk_tied``: K is computed with Q's weight (``q_proj.weight``); ``k_proj.weight`` stays in the state dict
   (same keys as the published layout) but is not used and gets no gradient. Without ``kv_shift`` this makes
-  Q == K and nothing is retrieved (spec §3.5 R4); with it, k[t] = q-projection of u[t-1], so the query of a
+  Q == K and nothing is retrieved (docs/retrieval.md §R4); with it, k[t] = q-projection of u[t-1], so the query of a
   token and the key written right after the same token are the same symbol, and they cannot drift apart.
 - ``center_u``: remove the component of u that is constant along the sequence before the projections (Q, K and
   V read the centred input). "causal_mean": u[t] − mean(u[0..t]) (causal; position 0 becomes exactly 0).

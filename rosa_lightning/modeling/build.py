@@ -1,4 +1,4 @@
-"""``build_rosa_model``: a windowed, ROSA-patched Qwen3 from a checkpoint or a config (spec §2.6, §6.1)."""
+"""``build_rosa_model``: a windowed, ROSA-patched Qwen3 from a checkpoint or a config (docs/method.md §2.6, §4.1)."""
 from __future__ import annotations
 
 import os

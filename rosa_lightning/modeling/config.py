@@ -1,4 +1,4 @@
-"""Configuration of the ROSA branch (spec §2, §4.3, §5, §6.1, §7.3).
+"""Configuration of the ROSA branch (docs/method.md §2, §3, §4.1; docs/gradients.md §4; docs/pipeline.md §3).
 
 ``RosaConfig`` is the single description of where and how ROSA is added to a Qwen3 model. It is
 mirrored by the Hydra group ``conf/model/rosa`` and stored inside the HF config (``config.rosa``)
@@ -25,29 +25,29 @@ class RosaConfig:
     Attributes:
         bits: M, bits per route (1..8); the hidden size must be divisible by it.
         rosa_layers: decoder-layer indices that get a ROSA branch. None = every layer at index
-            >= ``global_layers`` (spec default: layers 1..L-1).
+            >= ``global_layers`` (published default: layers 1..L-1).
         global_layers: number of leading layers that keep full causal attention; the others use
             the sliding window.
         window: attention window W (keys t-W+1..t), None = no sliding window at all.
-        injection: "post_attn" (branch parallel to attention, added to ``x + attn``; spec §2.4) or
+        injection: "post_attn" (branch parallel to attention, added to ``x + attn``; docs/method.md §2.4) or
             "pre_attn" (branch output added to the layer input before attention reads it).
         token_channel: "off", "shared" (W_tok on the model's input-embedding table) or "own"
-            (a separate zero-initialised table), spec §4.3.
-        num_threads: retrieval kernel threads, "auto" = spec §7.3 budget, or a positive int.
+            (a separate zero-initialised table), docs/method.md §3.
+        num_threads: retrieval kernel threads, "auto" = docs/pipeline.md §3 budget, or a positive int.
         cf_field: value field of the counterfactual gradient: "soft" (sigmoid(zv), default) or
             "hard" (1[zv > 0]).
-        grad_mode: named counterfactual-gradient variant; "published" is spec §5.2 exactly, "relaxed" takes the
+        grad_mode: named counterfactual-gradient variant; "published" is docs/gradients.md §2 exactly, "relaxed" takes the
             Q and K gradients from a soft single-symbol match over all earlier positions (O(T^2), study scale;
             ``modeling/relaxed.py``).
         relax_beta: inverse temperature of the "relaxed" soft match (> 0).
         k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
-            run's start, spec §5.3 A3) or "matched" (the matched run's start).
-        cf_e0_term: gradient option (off = published, spec §5.3 A1): count a counterfactual destination's
+            run's start, docs/gradients.md §A3) or "matched" (the matched run's start).
+        cf_e0_term: gradient option (off = published, docs/gradients.md §A1): count a counterfactual destination's
             output whole (e0 + Delta*F), so flips that change validity also carry the e0 part.
         kv_shift: learning option (off = published): the K and V projections read the previous position's
             input u[t-1] (zeros at position 0), Q reads u[t]; see ``branch_inputs``.
         qk_tied: learning option (off = published): K is computed with Q's weight; ``k_proj.weight`` is kept
-            in the state dict but unused. Only useful with ``kv_shift`` (Q == K retrieves nothing, spec R4).
+            in the state dict but unused. Only useful with ``kv_shift`` (Q == K retrieves nothing, docs/retrieval.md §R4).
         center_u: learning option: "off" (published) or "causal_mean" (Q/K/V read u[t] - mean(u[0..t])).
         enabled: False leaves the model structurally patched but skips the branch entirely
             (logits equal the windowed backbone).

@@ -1,4 +1,4 @@
-"""Converter for checkpoints written by the published ROSA-Tuning code (spec §2.6).
+"""Converter for checkpoints written by the published ROSA-Tuning code (docs/method.md §2.6).
 
 The published code names the per-layer ROSA tensors ``rosa_q_proj``, ``rosa_k_proj``,
 ``rosa_v_proj``, ``rosa_out`` (each ``.weight``), ``rosa_e0``, ``rosa_e1`` and an unused

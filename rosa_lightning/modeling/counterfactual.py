@@ -1,4 +1,4 @@
-"""Readout and counterfactual-gradient math of the ROSA branch (spec §2.5, §5.2).
+"""Readout and counterfactual-gradient math of the ROSA branch (docs/method.md §2.5, docs/gradients.md §2).
 
 Layouts: logits and gradients are [B, T, C] with C = R*M (channel r*M+m = bit m of route r);
 retrieval indices are per pair, [B, R, T] (``tau``) and [B, R, NQ, M] (``cf``: destination time
@@ -30,19 +30,19 @@ def check_positive_number(name: str, value) -> None:
 
 @dataclass(frozen=True)
 class GradOptions:
-    """Named choices of the counterfactual gradient; the defaults are spec §5.2 exactly.
+    """Named choices of the counterfactual gradient; the defaults are docs/gradients.md §2 exactly.
 
     Attributes:
         field: "soft" uses F = sigmoid(zv) as the value field for Q and K, "hard" uses 1[zv > 0].
-        mode: "published" (A1-A4 of spec §5.3) or "relaxed": the Q and K gradients of a soft single-symbol
+        mode: "published" (A1-A4 of docs/gradients.md §3) or "relaxed": the Q and K gradients of a soft single-symbol
             match over every earlier position (``relaxed.py``; V and e0/e1 stay as published, ``k_credit``
             and ``e0_term`` do not apply). New variants get a new name here and a branch in
             ``counterfactual_logit_grads``; the default never changes.
         relax_beta: inverse temperature of the "relaxed" soft match (> 0).
         k_credit: which K bits receive the credit of a flipped-Q destination omega = s_{e+1}:
-            "reference" the start of the successor run e+1 (published, spec §5.3 A3), "matched" the
+            "reference" the start of the successor run e+1 (published, docs/gradients.md §A3), "matched" the
             start of the matched run e, whose symbol the flipped query bit has to agree with.
-        e0_term: False = published (spec §5.3 A1: only the Delta*F part of a destination's output is
+        e0_term: False = published (docs/gradients.md §A1: only the Delta*F part of a destination's output is
             counted). True: a destination's output is counted whole, e0 + Delta*F, so a flip that changes
             validity (a retrieval appears or disappears) is credited with the e0 part too. Q and K only.
     """
@@ -72,7 +72,7 @@ def _valid_channels(tau: torch.Tensor, bits: int) -> torch.Tensor:
 
 def readout(tau: torch.Tensor, v_at_tau: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor,
             bits: int) -> torch.Tensor:
-    """Branch output y (spec §2.5), in the dtype of e0.
+    """Branch output y (docs/method.md §2.5), in the dtype of e0.
 
     Args:
         tau: int [B, R, T], destination times, -1 = no retrieval (the route outputs exactly 0).
@@ -88,7 +88,7 @@ def readout(tau: torch.Tensor, v_at_tau: torch.Tensor, e0: torch.Tensor, e1: tor
 
 def readout_grads(grad_y: torch.Tensor, tau: torch.Tensor, v_at_tau: torch.Tensor,
                   bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 [C] gradients of e0 and e1 from grad_y [B, T, C] (spec §5.2 item 7)."""
+    """fp32 [C] gradients of e0 and e1 from grad_y [B, T, C] (docs/gradients.md §2.7)."""
     g = grad_y.float()
     vbit = unpack_bits(v_at_tau.transpose(1, 2), bits)
     valid = _valid_channels(tau, bits)
@@ -133,7 +133,7 @@ def counterfactual_logit_grads(zq: torch.Tensor, zk: torch.Tensor, zv: torch.Ten
                                delta: torch.Tensor, bits: int,
                                options: GradOptions = GradOptions(),
                                e0: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-    """Gradients of the loss w.r.t. the Q, K, V logits (spec §5.2), all arithmetic in fp32.
+    """Gradients of the loss w.r.t. the Q, K, V logits (docs/gradients.md §2), all arithmetic in fp32.
 
     Args:
         zq, zk, zv: logits [B, T, C] as used by the forward (their signs give the symbols).

@@ -1,4 +1,4 @@
-"""Finite-difference check of the counterfactual gradient of one ROSA layer (spec §5.3).
+"""Finite-difference check of the counterfactual gradient of one ROSA layer (docs/gradients.md §5).
 
 The forward of a ROSA branch depends on its Q, K and V logits only through their signs, so the exact effect of one
 bit is a loss difference: force ``bit^X[b, t, c]`` to 1 and to 0 in the forward and subtract,
@@ -13,7 +13,7 @@ The counterfactual backward claims ``dL/dz^X[b, t, c] ≈ σ'(z) · fd``, so its
 their agreement (Pearson correlation over the probes where either is non-zero, sign agreement where both are, and
 coverage: the fraction of loss-changing bits the estimate sees at all):
 
-- Q: bit j of a route's symbol at a Q-run start u_i (where the counterfactuals are taken, spec §3.6);
+- Q: bit j of a route's symbol at a Q-run start u_i (where the counterfactuals are taken, docs/retrieval.md §6);
 - K: bit j at a K-run start s_l (the only times that receive K credit);
 - V: bit m at a destination time (a time some position retrieves; V elsewhere has no effect).
 

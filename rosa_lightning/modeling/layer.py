@@ -1,4 +1,4 @@
-"""Qwen3 decoder layer with a ROSA branch (spec §2.4, §2.6).
+"""Qwen3 decoder layer with a ROSA branch (docs/method.md §2.4, §2.6).
 
 Installed by swapping ``__class__`` of an existing ``Qwen3DecoderLayer`` (state-dict keys,
 ``isinstance`` checks and hidden-state capture stay those of HF) and adding a ``rosa``

@@ -1,4 +1,4 @@
-"""ROSA-patched Qwen3 causal LM: class, in-place patching, parameter helpers, timing (spec §2.6, §4.3).
+"""ROSA-patched Qwen3 causal LM: class, in-place patching, parameter helpers, timing (docs/method.md §2.6, §3).
 
 ``RosaQwen3ForCausalLM`` is ``Qwen3ForCausalLM`` whose config carries ``config.rosa`` (a
 ``RosaConfig`` dict); its constructor installs the ROSA layers and the token channel, so a merged

@@ -1,4 +1,4 @@
-"""Asynchronous CPU retrieval for ROSA layers (spec §7).
+"""Asynchronous CPU retrieval for ROSA layers (docs/pipeline.md).
 
 Per call: the layer's Q/K symbols (uint8 [B, T, R]) are transposed to [B, R, T] on the device;
 on CUDA a per-layer side stream (created once) waits on the compute stream, copies them into
@@ -7,7 +7,7 @@ reused pinned host buffers and records an event. A worker thread waits on that e
 the main thread computes zv and attention. ``RetrievalHandle.wait`` then returns device tensors
 (non-blocking H2D copies on the compute stream) plus the timings.
 
-Buffer reuse rule (spec §7.2): host buffers belong to one layer; the next job of that layer only
+Buffer reuse rule (docs/pipeline.md §2): host buffers belong to one layer; the next job of that layer only
 touches them after its own D2H event, and the side stream waits on the compute stream first, so
 every H2D copy that read them earlier has completed.
 """
@@ -27,7 +27,7 @@ from .symbols import index_dtype
 
 
 def auto_num_threads(local_world_size: int = 1, reserved: int = 1) -> int:
-    """Kernel threads per rank: max(1, usable_cores // local_world_size - reserved) (spec §7.3).
+    """Kernel threads per rank: max(1, usable_cores // local_world_size - reserved) (docs/pipeline.md §3).
 
     Args:
         local_world_size: ranks sharing this node's cores.
@@ -147,7 +147,7 @@ class RetrievalPipeline:
     owns one per fit). ``submit`` starts the pipeline lazily.
 
     Args:
-        num_threads: kernel threads, "auto" (spec §7.3 budget) or an int >= 1.
+        num_threads: kernel threads, "auto" (docs/pipeline.md §3 budget) or an int >= 1.
         local_world_size, reserved_threads: inputs of the "auto" budget.
         match_fn: the retrieval function (default ``rosa_lightning.retrieval.rosa_match``);
             signature of ``rosa_match``.

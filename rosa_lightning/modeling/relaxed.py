@@ -1,7 +1,7 @@
 """Relaxed (soft-match) Q/K gradient of the ROSA branch: gradient option ``grad_mode="relaxed"``.
 
 The forward stays exact (suffix-automaton retrieval, hard bits). Only the backward of the Q and K logits changes:
-instead of counterfactual bit flips (spec §5.2 items 3-6) it differentiates a soft single-symbol match over every
+instead of counterfactual bit flips (docs/gradients.md §2.3-§2.6) it differentiates a soft single-symbol match over every
 candidate position. Per pair (b, r), with soft bits ``sq = tanh(zq / 2)``, ``sk = tanh(zk / 2)`` (the expected
 ±1 value of a bit that is 1 with probability sigmoid(z)):
 
@@ -11,7 +11,7 @@ candidate position. Per pair (b, r), with soft bits ``sq = tanh(zq / 2)``, ``sk 
 
 where s + 1 is the destination a match of key s leads to (the successor position; ``t = 0`` has no candidate).
 The Q and K gradients are ``d(sum_t G[t] . ysoft[t]) / d(zq, zk)`` with ``G = dL/dy``; the V gradient and
-e0/e1 stay those of the exact forward (§5.2 items 2 and 7). ``beta`` sets how sharply one mismatching bit
+e0/e1 stay those of the exact forward (docs/gradients.md §2.2 and §2.7). ``beta`` sets how sharply one mismatching bit
 (score 2 lower) is discounted.
 
 It models neither run compression nor longer contexts nor the "latest occurrence" rule; it is a smooth

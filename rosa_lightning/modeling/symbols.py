@@ -1,4 +1,4 @@
-"""Hard bits, symbol packing and run bookkeeping on the accelerator (spec §2.3, §7.2).
+"""Hard bits, symbol packing and run bookkeeping on the accelerator (docs/method.md §2.3, docs/pipeline.md §2).
 
 Route r owns channels r*M .. r*M+M-1; bit m of a route's symbol is channel r*M+m (LSB first).
 """

@@ -1,4 +1,4 @@
-"""Token channel (spec §4.3): the next-token id retrieved from the raw ids, added to the embeddings.
+"""Token channel (docs/method.md §3): the next-token id retrieved from the raw ids, added to the embeddings.
 
 emb'[b, t] = emb[b, t] + 1[y[b, t] >= 0] * W_tok E[y[b, t]]   ("shared": E = the model's table)
 emb'[b, t] = emb[b, t] + 1[y[b, t] >= 0] * E_own[y[b, t]]     ("own": separate zero-init table)

@@ -1,4 +1,4 @@
-"""Sliding-window attention through transformers' own Qwen3 support (spec §6.1).
+"""Sliding-window attention through transformers' own Qwen3 support (docs/method.md §4.1).
 
 Query t sees keys t-W+1 .. t. Leading ``global_layers`` layers keep full causal attention.
 """
@@ -14,7 +14,7 @@ def windowed_config(config: Qwen3Config, window: Optional[int], global_layers: i
     """A copy of ``config`` with the window applied (``window=None``: every layer global).
 
     Sets use_sliding_window, sliding_window, max_window_layers and an explicit layer_types
-    (``sliding_window`` alone is silently dropped by Qwen3Config; spec §6.1 gotchas).
+    (``sliding_window`` alone is silently dropped by Qwen3Config; docs/method.md §4.1).
     """
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be a positive int or None, got {window!r}")

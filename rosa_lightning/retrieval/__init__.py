@@ -1,4 +1,4 @@
-"""ROSA retrieval: exact suffix-automaton matching per (row, route) pair (spec §3, §7, §8)."""
+"""ROSA retrieval: exact suffix-automaton matching per (row, route) pair (docs/retrieval.md)."""
 from .match import rosa_match
 from .result import RosaBuffers, RosaMatch
 from .stream import RosaStream

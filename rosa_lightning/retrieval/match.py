@@ -1,4 +1,4 @@
-"""``rosa_match``: the batched retrieval of spec §3 for every (row, route) pair."""
+"""``rosa_match``: the batched retrieval of docs/retrieval.md for every (row, route) pair."""
 from __future__ import annotations
 
 from typing import Optional
@@ -27,7 +27,7 @@ def _take(buf: Optional[torch.Tensor], name: str, n: int, dtype: torch.dtype, sh
 def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: bool = True,
                layout: str = "BTR", out: Optional[RosaBuffers] = None,
                _mode: int = _native.MODE_HYBRID) -> RosaMatch:
-    """Exact ROSA retrieval (spec §3.3 reference semantics) for every (row, route) pair.
+    """Exact ROSA retrieval (docs/retrieval.md §3 semantics) for every (row, route) pair.
 
     Args:
         q, k: query and key symbols, numpy arrays or CPU torch tensors of dtype uint8, int32 or

@@ -1,9 +1,9 @@
 """Plain-Python ground truth for the retrieval kernel, used only by tests.
 
-* ``scan_pair_reference``: a direct transcription of the normative algorithm of spec §3.3 (online
+* ``scan_pair_reference``: a direct transcription of the normative algorithm of docs/retrieval.md §3 (online
   suffix automaton over the K-run string, bare-state context, latest-end update by a walk to the
   root).
-* ``scan_pair_oracle``: the automaton-free definition of spec §3.4 (byte-string search with a
+* ``scan_pair_oracle``: the automaton-free definition of docs/retrieval.md §4 (byte-string search with a
   binary search on the suffix length); an independent brute-force check of the automaton.
 * ``rosa_match_reference``: the batched interface of ``rosa_match`` built on ``scan_pair_reference``.
 
@@ -21,7 +21,7 @@ from .result import RosaMatch
 
 
 def k_runs(k: Sequence[int]):
-    """K-run starts s_l, symbols c_l and rcap(t) (spec §3.2)."""
+    """K-run starts s_l, symbols c_l and rcap(t) (docs/retrieval.md §2)."""
     starts: List[int] = []
     syms: List[int] = []
     rcap: List[int] = []
@@ -34,7 +34,7 @@ def k_runs(k: Sequence[int]):
 
 
 class _Automaton:
-    """Suffix automaton with the latest-end field e of spec §3.3."""
+    """Suffix automaton with the latest-end field e of docs/retrieval.md §3.1."""
 
     def __init__(self) -> None:
         self.next: List[Dict[int, int]] = [{}]
@@ -84,7 +84,7 @@ class _Automaton:
 
 
 def scan_pair_reference(q: Sequence[int], k: Sequence[int], bits: int) -> dict:
-    """Spec §3.3 for one pair: q, k symbol lists of equal length T >= 1."""
+    """docs/retrieval.md §3.4 for one pair: q, k symbol lists of equal length T >= 1."""
     q = [int(x) for x in q]
     k = [int(x) for x in k]
     s, c, rcap = k_runs(k)
@@ -138,7 +138,7 @@ def _lsl(x: bytes, text: bytes):
 
 
 def _left_ext(sub: bytes, text: bytes) -> bytes:
-    """Longest string of the end-position class of ``sub`` in ``text`` (spec §3.4 LeftExt)."""
+    """Longest string of the end-position class of ``sub`` in ``text`` (docs/retrieval.md §4, LeftExt)."""
     while True:
         preceding = set()
         pos = text.find(sub)
@@ -151,7 +151,7 @@ def _left_ext(sub: bytes, text: bytes) -> bytes:
 
 
 def scan_pair_oracle(q: Sequence[int], k: Sequence[int], bits: int) -> dict:
-    """Spec §3.4 (automaton-free) for one pair; same outputs as ``scan_pair_reference``."""
+    """docs/retrieval.md §4 (automaton-free) for one pair; same outputs as ``scan_pair_reference``."""
     q = [int(x) for x in q]
     s, c, rcap = k_runs([int(x) for x in k])
     runs = bytes(c)
@@ -187,7 +187,7 @@ def scan_pair_oracle(q: Sequence[int], k: Sequence[int], bits: int) -> dict:
 
 
 def flipped_cf_times(result: dict, q: Sequence[int], bits: int) -> List[List[int]]:
-    """[n_q_runs][M] flipped-bit counterfactual times from a per-pair result (spec §7.2)."""
+    """[n_q_runs][M] flipped-bit counterfactual times from a per-pair result (docs/retrieval.md §6)."""
     s = result["k_run_start"]
     starts = [t for t in range(len(q)) if t == 0 or q[t] != q[t - 1]]
     out = []

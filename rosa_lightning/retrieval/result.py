@@ -1,4 +1,4 @@
-"""Result and buffer containers of the ROSA retrieval kernel (spec §3, §7.2)."""
+"""Result and buffer containers of the ROSA retrieval kernel (docs/retrieval.md §1, §6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ class RosaMatch:
     Attributes:
         tau: int32 [B, R, T], destination time of every position, -1 = nothing retrieved.
         cf: int32 [B, R, NQ, bits] or None. For Q-run i of pair (b, r) and bit j, the destination
-            time retrieved when bit j of the run's symbol is flipped (spec §3.6; only the flipped
+            time retrieved when bit j of the run's symbol is flipped (docs/retrieval.md §6; only the flipped
             entry is stored, the unflipped one equals tau at the run start), -1 = none. Rows
             i >= num_q_runs[b, r] are -1. NQ = max(num_q_runs), at least 1.
         num_q_runs: int32 [B, R], number of Q-runs of each pair.
@@ -37,7 +37,7 @@ class RosaMatch:
         return torch.cumsum(change, dim=-1, dtype=torch.int32)
 
     def cf_tau(self) -> torch.Tensor:
-        """int32 [B, R, T, bits, 2]: per-position counterfactual destination times (spec §10.5).
+        """int32 [B, R, T, bits, 2]: per-position counterfactual destination times (docs/retrieval.md §8.2).
 
         Entry [b, r, t, j, beta] is what position t's Q-run start would retrieve with bit j of its
         symbol forced to beta: the stored flipped result when beta differs from the bit, else tau

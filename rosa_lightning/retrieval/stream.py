@@ -1,4 +1,4 @@
-"""``RosaStream``: per (row, route) online retrieval state for incremental decoding (spec §8)."""
+"""``RosaStream``: per (row, route) online retrieval state for incremental decoding (docs/retrieval.md §10)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -16,7 +16,7 @@ class RosaStream:
     Uses the same native automaton code as ``rosa_match``, so any split of a sequence into chunks
     (prefill = one chunk, decoding = chunks of one) gives exactly ``rosa_match``'s tau.
 
-    The state is O(T) per pair (spec §8.4): the automaton over the K-run string and the K-run
+    The state is O(T) per pair (docs/generation.md §4): the automaton over the K-run string and the K-run
     start times; ``nbytes()`` reports it.
     """
 

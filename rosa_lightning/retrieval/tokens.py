@@ -1,4 +1,4 @@
-"""Token channel (spec §4): single-stream ROSA over raw token ids, batch and streaming.
+"""Token channel (docs/retrieval.md §9): single-stream ROSA over raw token ids, batch and streaming.
 
 For every row x of token ids, ``y[t] = x[j* + 1]`` where j* < t is the latest end of the longest
 suffix of ``x[0..t]`` that also ends earlier; ``y[t] = -1`` when ``x[t]`` never occurred before.

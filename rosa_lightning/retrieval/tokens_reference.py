@@ -1,10 +1,10 @@
-"""Plain-Python ground truth for the token channel (spec §4): used only by tests.
+"""Plain-Python ground truth for the token channel (docs/retrieval.md §9): used only by tests.
 
 Two independent implementations of the same definition:
 
-- :func:`next_token_bruteforce` follows §4.1 word for word (common-suffix lengths, longest, then
+- :func:`next_token_bruteforce` follows docs/retrieval.md §9.1 word for word (common-suffix lengths, longest, then
   latest), O(T^2) or worse, for short sequences;
-- :func:`next_token_reference` is the online suffix automaton of §4.2 with dictionary transitions
+- :func:`next_token_reference` is the online suffix automaton of docs/retrieval.md §9.2 with dictionary transitions
   and the plain latest-end walk to the root, written for clarity rather than speed.
 
 Both take one row (a sequence of non-negative ints) and return a list of ints, -1 = none.
@@ -15,7 +15,7 @@ from typing import Sequence
 
 
 def next_token_bruteforce(x: Sequence[int]) -> list[int]:
-    """§4.1 directly: y[t] = x[j* + 1], j* the latest end j < t of the longest common suffix."""
+    """docs/retrieval.md §9.1 directly: y[t] = x[j* + 1], j* the latest end j < t of the longest common suffix."""
     x = list(x)
     out = []
     for t in range(len(x)):
@@ -86,6 +86,6 @@ class SuffixAutomatonReference:
 
 
 def next_token_reference(x: Sequence[int]) -> list[int]:
-    """The online automaton of §4.2 over one row."""
+    """The online automaton of docs/retrieval.md §9.2 over one row."""
     sam = SuffixAutomatonReference()
     return [sam.feed(int(v)) for v in x]

@@ -1,4 +1,4 @@
-"""CPU budget of the retrieval runtime (spec §7.3)."""
+"""CPU budget of the retrieval runtime (docs/pipeline.md §3)."""
 import pytest
 
 from rosa_lightning.callbacks.runtime import cpu_budget

@@ -1,4 +1,4 @@
-"""Incremental decoding equals the full-sequence forward (spec §8.1), on tiny fp32 models."""
+"""Incremental decoding equals the full-sequence forward (docs/generation.md §1), on tiny fp32 models."""
 import pytest
 import torch
 

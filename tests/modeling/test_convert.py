@@ -1,4 +1,4 @@
-"""Published-checkpoint converter (spec §2.6): key mapping, alpha dropped, adapter round trip."""
+"""Published-checkpoint converter (docs/method.md §2.6): key mapping, alpha dropped, adapter round trip."""
 import pytest
 import torch
 from safetensors.torch import save_file

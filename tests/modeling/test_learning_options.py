@@ -117,7 +117,7 @@ def test_qk_tied_uses_q_weight_and_sums_gradients():
 
 @pytest.mark.parametrize("opts", OPTION_SETS)
 def test_backward_is_chain_rule_of_the_counterfactual_logit_grads(opts):
-    """u.grad and the weight gradients equal the §5.2 logit gradients pushed through the input options by hand."""
+    """u.grad and the weight gradients equal the docs/gradients.md §2 logit gradients pushed through the input options by hand."""
     torch.manual_seed(0)
     bits = opts.get("bits", 4)
     io = InputOptions(**{k: v for k, v in opts.items() if k != "bits"})
@@ -138,7 +138,7 @@ def test_backward_is_chain_rule_of_the_counterfactual_logit_grads(opts):
 
     (branch(u, 0, Pipe()) * gout).sum().backward()
 
-    # by hand: inputs, logits, §5.2 logit gradients, chain rule through the input transform
+    # by hand: inputs, logits, docs/gradients.md §2 logit gradients, chain rule through the input transform
     x = u.detach().clone().requires_grad_(True)
     uq = center_causal(x) if io.center_u == "causal_mean" else x
     ukv = shift_previous(uq) if io.kv_shift else uq
@@ -244,7 +244,7 @@ def test_finite_difference_harness_with_options():
     assert all(len(s.fd) > 0 for s in res.streams.values())
 
 
-# ---- gradient option: e0 term (spec §5.3 A1 off) ---------------------------------------------------------------
+# ---- gradient option: e0 term (docs/gradients.md §A1 off) ------------------------------------------------------
 
 @pytest.mark.parametrize("k_credit", ["reference", "matched"])
 @pytest.mark.parametrize("seed,B,T,M,R", [(0, 2, 24, 2, 3), (1, 1, 40, 4, 2)])

@@ -84,7 +84,7 @@ def test_gradients_at_init_and_after(cfg, ids):
     grads = {n.rsplit("rosa.", 1)[1]: p.grad for n, p in rosa_named_parameters(model)}
     assert grads["e0"].abs().sum() > 0 and grads["e1"].abs().sum() > 0
     for k in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight"):
-        assert not grads[k].any(), k  # proportional to e1 - e0 = 0, resp. y = 0 (spec §2.2)
+        assert not grads[k].any(), k  # proportional to e1 - e0 = 0, resp. y = 0 (docs/method.md §2.2)
     model.zero_grad(set_to_none=True)
     randomize_values(model)
     model(ids, labels=ids).loss.backward()

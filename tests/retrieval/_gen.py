@@ -1,4 +1,4 @@
-"""Input generators for the retrieval tests: the kinds of spec §3.8 (uniform, same, shift, copy,
+"""Input generators for the retrieval tests: the kinds of docs/retrieval.md §8.1 (uniform, same, shift, copy,
 periodic, runs)."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Loader for the public test vectors (spec §10); list fields may be JSON-encoded strings."""
+"""Loader for the public test vectors (docs/retrieval.md §8.1); list fields may be JSON-encoded strings."""
 import json
 import pathlib
 

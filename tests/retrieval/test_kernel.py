@@ -1,4 +1,4 @@
-"""The native kernel against the vectors, the reference (§3.3) and the oracle (§3.4)."""
+"""The native kernel against the vectors, the reference (docs/retrieval.md §3) and the oracle (docs/retrieval.md §4)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -50,7 +50,7 @@ def test_vector(case, mode):
         assert ref["k_run_start"] == case.get("k_run_start", ref["k_run_start"])
         expected = dict(ref, r_cf_run=case["r_cf_run"])
         assert m.cf[0, 0, : len(case["r_cf_run"])].tolist() == flipped_cf_times(expected, q, bits)
-        # §10.5: cf_tau of the kernel equals the per-position expansion of r_cf_run.
+        # docs/retrieval.md §8.2: cf_tau of the kernel equals the per-position expansion of r_cf_run.
         cf_tau = m.cf_tau()[0, 0]
         s = ref["k_run_start"]
         for t in range(len(q)):
@@ -98,7 +98,7 @@ def test_long_vs_oracle(kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("shifted", [False, True], ids=["same", "shifted"])
 def test_periodic_16k_vs_reference(shifted):
-    """A periodic key at T = 16384 (the quadratic case of the published kernel) against §3.3."""
+    """A periodic key at T = 16384 (the quadratic case of the published kernel) against docs/retrieval.md §3."""
     T, bits = 16384, 2
     k = np.resize(np.array([0, 1, 2, 1, 3]), T + 1)
     q = k[1:] if shifted else k[:T]

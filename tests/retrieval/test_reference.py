@@ -1,4 +1,4 @@
-"""The plain-Python reference (§3.3) and the brute-force oracle (§3.4) reproduce every vector."""
+"""The plain-Python reference (docs/retrieval.md §3) and the brute-force oracle (docs/retrieval.md §4) reproduce every vector."""
 import pytest
 
 from rosa_lightning.retrieval.reference import scan_pair_oracle, scan_pair_reference

@@ -1,4 +1,4 @@
-"""Token channel (spec §4): native kernel vs the §4.1 oracle and the §4.2 reference."""
+"""Token channel: native kernel vs the oracle and the reference (docs/retrieval.md §9.1, §9.2)."""
 import numpy as np
 import pytest
 import torch
