@@ -43,11 +43,16 @@ SHRINK = [
     ("python train.py trainer.fast_dev_run=true", []),
     ("python train.py", ["trainer.max_steps=2"]),
     ("python generate.py", []),
-    ("python eval.py", []),
+    ("python eval.py run_dir=<run dir> tasks=smoke", []),
+    # the published table's tasks on the shipped LongBench-format files: one record per dataset, NIAH at
+    # 1k tokens with 2 samples (the table's is 32k with 500)
+    ("python eval.py", ["data.limit=1", "tasks.niah=[1024]", "niah.num_samples=2"]),
+    ("python -m rosa_lightning.evaluation.compare", []),
     ("wandb sync ", ["--dry-run"]),  # uploads: --dry-run checks its paths and options offline
     ("python -m rosa_lightning.data.export_corpus", []),
 ]
-PLACEHOLDERS = ("tiny dir", "base checkpoint dir", "Qwen3-1.7B-Base dir", "long documents", "run dir", "time")
+PLACEHOLDERS = ("tiny dir", "base checkpoint dir", "Qwen3-1.7B-Base dir", "long documents", "LongBench data dir",
+                "run dir", "time")
 
 
 def strip_comment(line: str) -> str:
@@ -119,6 +124,8 @@ class Workspace:
         return sorted((self.cwd / "logs" / task / "runs").glob("*"))
 
     def fill(self, command: str) -> str:
+        from rosa_lightning.evaluation.cli import FIXTURE_DIR  # LongBench-format files shipped with the package
+
         def time_of(m: re.Match) -> str:
             runs = self.runs(m[1])
             assert runs, f"{command!r} needs a run of logs/{m[1]}/ made by an earlier README command"
@@ -126,7 +133,7 @@ class Workspace:
 
         command = re.sub(r"logs/(\w+)/runs/<time>", time_of, command)
         values = {"tiny dir": self.tiny, "base checkpoint dir": self.tiny, "Qwen3-1.7B-Base dir": self.tiny,
-                  "long documents": self.documents}
+                  "long documents": self.documents, "LongBench data dir": FIXTURE_DIR}
         if "<run dir>" in command:
             # a stage-A run on the tiny base (the published recipe's): its adapter pairs with that base
             runs = self.runs("longbench")
