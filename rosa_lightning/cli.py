@@ -2,7 +2,9 @@
 
 ``train`` instantiates, in this order: data -> model -> callbacks -> loggers -> trainer, then fits
 (optionally resuming from ``ckpt_path``) and returns ``(metrics, objects)``. Whatever happens, the
-loggers are finished (W&B included), so a failing job of a multirun does not hang the sweep.
+loggers are finished (W&B included), so a failing job of a multirun does not hang the sweep. Every run
+also writes its metrics to a CSV, shows an 80-column progress bar and ends with a summary of its final
+metrics and files (``rosa_lightning.callbacks.report``).
 """
 from __future__ import annotations
 
