@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Optional, Union
@@ -79,33 +80,39 @@ class _DaemonWorker:
 
     Unlike ``ThreadPoolExecutor``'s workers it does not keep the interpreter alive at exit, so a job
     stuck in the kernel (which cannot be interrupted) cannot keep the process alive after the timeout
-    error has ended the run.
+    error has ended the run. Like them, the thread ends when its owner is garbage-collected without
+    ``shutdown`` (a model's lazily created pipeline): the thread holds only the job queue, and a
+    finalizer queues the stop marker.
     """
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=_run_jobs, args=(self._jobs,), name=name, daemon=True)
         self._thread.start()
+        weakref.finalize(self, self._jobs.put, None)
 
     def submit(self, fn: Callable, *args) -> Future:
         future: Future = Future()
         self._jobs.put((future, fn, args))
         return future
 
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the waiting thread, which re-raises it
-                future.set_exception(exc)
-
     def shutdown(self, timeout: Optional[float]) -> None:
         """Stop after the queued jobs; wait up to ``timeout`` seconds (None = until done)."""
         self._jobs.put(None)
         self._thread.join(timeout)
+
+
+def _run_jobs(jobs: queue.SimpleQueue) -> None:
+    """The worker loop: run queued ``(future, fn, args)`` in order until the stop marker (None)."""
+    while (job := jobs.get()) is not None:
+        future, fn, args = job
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            future.set_exception(exc)
+        del job, future, fn, args  # hold nothing of a finished job while waiting for the next
 
 
 class RetrievalHandle:

@@ -39,18 +39,29 @@ def test_hanging_retrieval_job_times_out_naming_the_layer():
     q = torch.zeros(1, 8, 2, dtype=torch.uint8)
     pipe = RetrievalPipeline(1, match_fn=hanging, wait_timeout_s=0.3).start()
     handle = pipe.submit(5, q, q, 4, want_cf=False)
+    worker = pipe._executor._thread
     t0 = time.perf_counter()
     with pytest.raises(RetrievalTimeout, match=r"ROSA layer 5 did not finish within 0.3 s \(callbacks.retrieval_runtime"):
         handle.wait()
     pipe.close()  # does not wait for the stuck job
     assert time.perf_counter() - t0 < 5
-    workers = [t for t in threading.enumerate() if t.name == "rosa-retrieval"]
-    assert workers and all(t.daemon for t in workers)  # cannot keep the process alive at exit
+    assert worker.is_alive() and worker.daemon  # stuck, but cannot keep the process alive at exit
     release.set()
-    for t in workers:
-        t.join(5)
+    worker.join(5)
 
 
 def test_wait_timeout_is_validated():
     with pytest.raises(ValueError, match="wait_timeout_s"):
         RetrievalPipeline(1, wait_timeout_s=0)
+
+
+def test_worker_thread_ends_when_an_unclosed_pipeline_is_collected():
+    import gc
+
+    pipe = RetrievalPipeline(1, match_fn=lambda *a, **k: None).start()
+    worker = pipe._executor._thread
+    assert worker.is_alive()
+    del pipe
+    gc.collect()
+    worker.join(5)
+    assert not worker.is_alive()  # a model's lazily created pipeline leaks no thread
