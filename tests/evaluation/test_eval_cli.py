@@ -10,17 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from rosa_lightning.data.hub import ResourceUnavailableError
 from rosa_lightning.evaluation import runner
-from rosa_lightning.evaluation.cli import CONFIG_DIR, arm_label, evaluate
+from rosa_lightning.evaluation.cli import arm_label, evaluate
 from rosa_lightning.evaluation.compare import comparison_table, gap_recovered, main as compare_main
 from rosa_lightning.evaluation.records import RecordError
 from rosa_lightning.modeling import RosaConfig, build_rosa_model
+
+from tests.framework.conftest import compose_cfg
 
 from .helpers import FIXTURE_DIR, ROOT, save_backbone, save_merged
 
@@ -33,17 +31,7 @@ def eval_cfg(out: Path, *overrides: str):
     overrides = list(overrides)
     if not any(o.startswith("data.dir=") for o in overrides):
         overrides.append(f"data.dir={FIXTURE_DIR}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_cfg(out, overrides, config_name="eval")
 
 
 @pytest.fixture(scope="module")

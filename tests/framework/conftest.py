@@ -19,11 +19,11 @@ TINY_BACKBONE = ["model.backbone.hidden_size=32", "model.backbone.intermediate_s
                  "model.backbone.num_attention_heads=2", "model.backbone.num_key_value_heads=1"]
 
 
-def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, outputs under ``tmp_path``, resolvable ``hydra:`` keys."""
+def compose_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, outputs under ``tmp_path``, resolvable ``hydra:`` keys."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
         cfg.hydra.runtime.cwd = str(tmp_path)
