@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from rosa_lightning.data.loading import backbone_reference
@@ -45,6 +46,8 @@ class RosaLitModule(L.LightningModule):
             Q logits (``modeling/teacher.py``). For the first ``warm_start_steps`` steps the training loss is the
             teacher loss alone; after that ``lm_loss + weight * teacher_loss`` until ``until_step`` (None = to the
             end). Logged as ``train/teacher_loss``.
+        loss_chunk_tokens: the loss computes logits for this many scored positions at a time, under activation
+            checkpointing (``chunked_next_token_loss``), never the whole [B, T, V]; None = all logits at once.
         nonfinite: what a NaN/inf training loss or gradient does: "raise" stops training with an error naming
             the step and the value; "skip" leaves the weights and optimizer state of that step unchanged (the
             step still counts for the schedule) and counts it in ``train/nonfinite_skipped``.
@@ -55,17 +58,22 @@ class RosaLitModule(L.LightningModule):
                  stage_a_tokens: Optional[int] = None, from_scratch: bool = False,
                  torch_dtype: Optional[str] = None, attn_implementation: str = "sdpa",
                  init_from: Optional[str] = None, hash_teacher: Optional[Mapping] = None,
-                 nonfinite: str = "raise") -> None:
+                 nonfinite: str = "raise", loss_chunk_tokens: Optional[int] = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
         self.nonfinite = check_nonfinite_mode(nonfinite)
+        if loss_chunk_tokens is not None and (isinstance(loss_chunk_tokens, bool) or not isinstance(loss_chunk_tokens, int)
+                                              or loss_chunk_tokens < 1):
+            raise ValueError(f"model.loss_chunk_tokens must be an int >= 1 or null, got {loss_chunk_tokens!r}")
+        self.loss_chunk_tokens = loss_chunk_tokens
         # plain containers only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(_plain({"backbone": backbone, "rosa": rosa, "lr": lr, "weight_decay": weight_decay,
                                           "stage": stage, "stage_a_tokens": stage_a_tokens,
                                           "from_scratch": from_scratch, "torch_dtype": torch_dtype,
                                           "attn_implementation": attn_implementation, "init_from": init_from,
-                                          "hash_teacher": hash_teacher, "nonfinite": nonfinite}),
+                                          "hash_teacher": hash_teacher, "nonfinite": nonfinite,
+                                          "loss_chunk_tokens": loss_chunk_tokens}),
                                   logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
@@ -130,14 +138,22 @@ class RosaLitModule(L.LightningModule):
     def _step(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor:
         # an id outside the vocabulary would fail inside the embedding without saying which or where
         check_token_ids(batch["input_ids"], self.model.config.vocab_size)
-        logits = self(batch)
-        loss, n_scored = shifted_cross_entropy(logits, batch["labels"])
+        if self.loss_chunk_tokens is None:
+            logits = self(batch)
+            loss, n_scored = shifted_cross_entropy(logits, batch["labels"])
+        else:
+            kwargs = {"rosa_token_ids": batch["rosa_token_ids"]} if "rosa_token_ids" in batch else {}
+            hidden = self.model.final_hidden_states(batch["input_ids"], **kwargs)
+            loss, n_scored = chunked_next_token_loss(hidden, self.model.lm_head, batch["labels"], self.loss_chunk_tokens)
         bs = batch["input_ids"].shape[0]
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=split != "train")
         self.log(f"{split}/ppl", torch.exp(loss.detach().clamp(max=30.0)), batch_size=bs,
                  sync_dist=split != "train")
         if "answer_mask" in batch:
-            acc = answer_accuracy(logits.detach(), batch["input_ids"], batch["answer_mask"])
+            acc = (answer_accuracy(logits.detach(), batch["input_ids"], batch["answer_mask"])
+                   if self.loss_chunk_tokens is None else
+                   chunked_answer_accuracy(hidden.detach(), self.model.lm_head, batch["input_ids"],
+                                           batch["answer_mask"], self.loss_chunk_tokens))
             self.log(f"{split}/answer_acc", acc, prog_bar=True, batch_size=bs, sync_dist=split != "train")
         return loss
 
@@ -289,6 +305,44 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     if int(n_scored) == 0:
         raise ValueError("a batch without any scored label (all -100)")
     return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX), n_scored
+
+
+def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
+                            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shifted_cross_entropy(lm_head(hidden), labels)`` without the [B, T, V] logits.
+
+    hidden: [B, T, C], the lm_head input; labels: [B, T], -100 = not scored. Only the scored positions go
+    through ``lm_head``, ``chunk_tokens`` at a time, each chunk under activation checkpointing, so forward
+    and backward hold one chunk's logits (its fp32 upcast and log-softmax included) instead of all of them.
+    Returns (mean loss, number of scored tokens); the same value and gradients as the full computation to
+    float rounding (summation order).
+    """
+    target = labels[:, 1:]
+    scored = target != IGNORE_INDEX
+    n_scored = scored.sum()
+    if int(n_scored) == 0:
+        raise ValueError("a batch without any scored label (all -100)")
+    h, t = hidden[:, :-1][scored], target[scored]  # [N, C], [N]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk_tokens):
+        total = total + torch.utils.checkpoint.checkpoint(_chunk_loss_sum, h[i:i + chunk_tokens], t[i:i + chunk_tokens],
+                                                          lm_head, use_reentrant=False)
+    return total / n_scored, n_scored
+
+
+def _chunk_loss_sum(h: torch.Tensor, t: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    return F.cross_entropy(lm_head(h).float(), t, reduction="sum")
+
+
+@torch.no_grad()
+def chunked_answer_accuracy(hidden: torch.Tensor, lm_head: torch.nn.Module, input_ids: torch.Tensor,
+                            answer_mask: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """``answer_accuracy(lm_head(hidden), ...)`` computing logits only at the answer positions, in chunks."""
+    mask = answer_mask[:, 1:].bool()
+    h, t = hidden[:, :-1][mask], input_ids[:, 1:][mask]
+    hits = sum(int((lm_head(h[i:i + chunk_tokens]).argmax(-1) == t[i:i + chunk_tokens]).sum())
+               for i in range(0, h.shape[0], chunk_tokens))
+    return torch.tensor(hits / max(int(mask.sum()), 1), dtype=torch.float32)
 
 
 def answer_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

@@ -76,18 +76,31 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
         if not _rosa_init(module):
             super()._init_weights(module)
 
+    def _channel_inputs(self, input_ids, inputs_embeds, rosa_token_ids):
+        """``(input_ids, inputs_embeds)`` for the decoder stack: with the token channel on, the embeddings plus
+        the channel's injection (and no ids); otherwise unchanged."""
+        channel = getattr(self, "rosa_token", None)
+        if channel is None or not self.rosa_runtime.config.enabled:
+            return input_ids, inputs_embeds
+        if rosa_token_ids is None:
+            if input_ids is None:
+                raise ValueError("the token channel needs input_ids or rosa_token_ids")
+            rosa_token_ids = _next_token_ids(input_ids)
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds + channel(rosa_token_ids.to(inputs_embeds.device), self.model.embed_tokens)
+        return None, inputs_embeds
+
+    def final_hidden_states(self, input_ids: torch.Tensor, rosa_token_ids: Optional[torch.Tensor] = None,
+                            **kwargs) -> torch.Tensor:
+        """The lm_head's input: hidden states [B, T, C] after the final norm (no KV cache), for a loss that
+        computes the logits chunk by chunk instead of all [B, T, V] at once."""
+        input_ids, inputs_embeds = self._channel_inputs(input_ids, None, rosa_token_ids)
+        return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state
+
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, rosa_token_ids=None, **kwargs):
-        channel = getattr(self, "rosa_token", None)
-        if channel is not None and self.rosa_runtime.config.enabled:
-            if rosa_token_ids is None:
-                if input_ids is None:
-                    raise ValueError("the token channel needs input_ids or rosa_token_ids")
-                rosa_token_ids = _next_token_ids(input_ids)
-            if inputs_embeds is None:
-                inputs_embeds = self.model.embed_tokens(input_ids)
-            inputs_embeds = inputs_embeds + channel(rosa_token_ids.to(inputs_embeds.device), self.model.embed_tokens)
-            input_ids = None
+        input_ids, inputs_embeds = self._channel_inputs(input_ids, inputs_embeds, rosa_token_ids)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
                                logits_to_keep=logits_to_keep, **kwargs)
