@@ -228,7 +228,9 @@ class RosaLitModule(L.LightningModule):
         total = int(total) if math.isfinite(total) else None
         if total is None:
             raise ValueError("the LR schedule needs a finite run length: set trainer.max_steps or max_epochs")
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(1, total - self.global_step))
+        # the schedule spans the steps from the start of this stage to the end of the run; stage_started_step comes
+        # from the checkpoint on resume (global_step is not restored yet when Lightning builds the optimizers)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(1, total - self.stage_started_step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoint state ---------------------------------------------------------------------
