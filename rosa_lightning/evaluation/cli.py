@@ -23,7 +23,7 @@ from rosa_lightning.evaluation.records import hub_data_dir
 from rosa_lightning.evaluation.results import markdown_table, summarize, write_results, write_text, flat_metrics
 from rosa_lightning.evaluation.runner import PredictionFile, Throughput, run_samples
 from rosa_lightning.evaluation.tasks import Task, longbench_task, niah_task
-from rosa_lightning.generation.loading import ModelSource, load_inference_model
+from rosa_lightning.generation.loading import ModelSource, active_rosa_layers, load_inference_model
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -55,8 +55,7 @@ def evaluate(cfg: DictConfig, model: Optional[torch.nn.Module] = None, tokenizer
                                   max_batch_tokens=int(cfg.max_batch_tokens), desc=task.name))
             rows = [preds.rows[s.key] for s in task.samples]
             score = task.score(rows)
-            key = task.name.rsplit("_", 1)[1] if task.kind == "niah" else task.name
-            results[task.kind][int(key) if task.kind == "niah" else key] = score
+            results[task.kind][task.key] = score
             log.info("%s: %s", task.name, score)
         results["throughput"] = {**total.as_dict(), "wall_s": round(time.perf_counter() - start, 3)}
         summarize(results)
@@ -107,7 +106,7 @@ def _data_dir(data: DictConfig) -> Path:
 def arm_label(model: torch.nn.Module) -> str:
     """``global``, ``window`` or ``window+rosa`` (``+token`` with the token channel) from the model's layout."""
     rosa = model.rosa_runtime.config
-    branch = rosa.enabled and bool(rosa.layers_for(model.config.num_hidden_layers))
+    branch = bool(active_rosa_layers(model))
     if rosa.window is None and not branch:
         return "global"
     label = "window" if rosa.window is not None else "global"

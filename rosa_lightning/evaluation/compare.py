@@ -34,13 +34,14 @@ def comparison_table(all_results: list[dict], labels: Optional[list[str]] = None
     """Markdown table: arms as rows, shared columns, mean over them, and the gap recovered on the mean."""
     labels = labels or [r.get("arm", "?") for r in all_results]
     cols = shared_columns(all_results)
-    means = [longbench.mean_score({c: columns(r)[c] for c in cols}) for r in all_results]
+    values = [columns(r) for r in all_results]
+    means = [longbench.mean_score({c: v[c] for c in cols}) for v in values]
     base = {lab: m for lab, m in zip(labels, means)}
     has_baselines = "global" in base and "window" in base
     head = ["arm", *cols, "mean"] + (["gap recovered"] if has_baselines else [])
     lines = [table_row(head), table_row(["---"] * len(head))]
-    for label, r, m in zip(labels, all_results, means):
-        cells = [label, *(format_score(columns(r)[c]) for c in cols), format_score(m)]
+    for label, v, m in zip(labels, values, means):
+        cells = [label, *(format_score(v[c]) for c in cols), format_score(m)]
         if has_baselines:
             share = gap_recovered(m, base["global"], base["window"])
             cells.append("" if label in ("global", "window") or math.isnan(share) else f"{100 * share:.0f}%")

@@ -17,10 +17,12 @@ from rosa_lightning.evaluation.runner import Sample
 
 @dataclass
 class Task:
-    """``kind``: "longbench", "longbench_e" or "niah"; ``score(rows)``: the task's score(s) from prediction rows."""
+    """``kind``: "longbench", "longbench_e" or "niah"; ``key``: where its score goes in ``results[kind]`` (the
+    dataset name, or the NIAH length); ``score(rows)``: the task's score(s) from prediction rows."""
 
     name: str
     kind: str
+    key: str | int
     samples: list[Sample]
     score: Callable[[list[dict]], Any]
 
@@ -55,8 +57,8 @@ def longbench_task(tokenizer: Any, data_dir: Path, dataset: str, *, longbench_e:
             return longbench.scorer_e(dataset, preds, answers, [row["length"] for row in rows], classes)
         return longbench.scorer(dataset, preds, answers, classes)
 
-    return Task(f"{dataset}_e" if longbench_e else dataset, "longbench_e" if longbench_e else "longbench",
-                samples, score)
+    name = f"{dataset}_e" if longbench_e else dataset
+    return Task(name, "longbench_e" if longbench_e else "longbench", name, samples, score)
 
 
 def niah_task(tokenizer: Any, max_seq_length: int, *, num_samples: int, seed: int) -> Task:
@@ -69,7 +71,7 @@ def niah_task(tokenizer: Any, max_seq_length: int, *, num_samples: int, seed: in
     def score(rows: list[dict]) -> float:
         return niah.score_niah([row["pred"] for row in rows], [row["answers"] for row in rows])
 
-    return Task(f"niah_single_1_{max_seq_length}", "niah", samples, score)
+    return Task(f"niah_single_1_{max_seq_length}", "niah", max_seq_length, samples, score)
 
 
 def _check_unique_ids(records: list[dict], path: Path) -> None:

@@ -191,10 +191,16 @@ def _is_merged_rosa(ref: str) -> bool:
     return config.is_file() and "rosa" in json.loads(config.read_text(encoding="utf-8"))
 
 
+def active_rosa_layers(model: torch.nn.Module) -> list[int]:
+    """Indices of the decoder layers whose ROSA branch runs (none when the branch is disabled)."""
+    rosa = model.rosa_runtime.config
+    return rosa.layers_for(model.config.num_hidden_layers) if rosa.enabled else []
+
+
 def _layout(model: torch.nn.Module) -> str:
     rosa = model.rosa_runtime.config
     n = model.config.num_hidden_layers
-    layers = rosa.layers_for(n) if rosa.enabled else []
+    layers = active_rosa_layers(model)
     window = "global attention" if rosa.window is None else f"window {rosa.window}, {rosa.global_layers} global"
     branch = f"ROSA on {len(layers)}/{n} layers, bits {rosa.bits}" if layers else "no ROSA branch"
     return f"{window}; {branch}; token channel {rosa.token_channel}"
