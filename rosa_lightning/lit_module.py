@@ -8,21 +8,29 @@ schedule restarted. Stage B starts either in the same run once ``stage_a_tokens`
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-import torch.utils.checkpoint
-import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rosa_lightning.callbacks.checkpoint_io import verify_checkpoint
+from rosa_lightning.data.hub import resolve_reference
 from rosa_lightning.data.loading import backbone_reference
 from rosa_lightning.guards import (check_has_rosa, check_nonfinite_mode, check_token_ids, check_window_fits,
                                    first_nonfinite_grad, nonfinite_grad_error, nonfinite_loss_error)
+from rosa_lightning.modeling import (RosaConfig, build_rosa_model, freeze_backbone, is_rosa_parameter, load_adapter,
+                                     read_adapter_metadata)
+from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
+from rosa_lightning.modeling.losses import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
+                                            shifted_cross_entropy)
 from rosa_lightning.modeling.model import rosa_layers
+from rosa_lightning.modeling.teacher import HashTeacher
 
-IGNORE_INDEX = -100
 STAGES = ("A", "B")
 
 
@@ -95,8 +103,6 @@ class RosaLitModule(L.LightningModule):
         self.teacher_cfg = teacher_config(hash_teacher)
         self.teacher = None
         if self.teacher_cfg is not None:
-            from rosa_lightning.modeling.teacher import HashTeacher
-
             self.teacher = HashTeacher(self.model, seed=self.teacher_cfg["seed"])
         self.tokens_seen = 0
         self.stage_started_step = 0
@@ -105,8 +111,6 @@ class RosaLitModule(L.LightningModule):
 
     # ---- stages -------------------------------------------------------------------------------
     def _apply_stage(self) -> None:
-        from rosa_lightning.modeling import freeze_backbone
-
         if self.stage == "A":
             freeze_backbone(self.model)
         else:
@@ -242,8 +246,6 @@ class RosaLitModule(L.LightningModule):
                                           "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from rosa_lightning.modeling.integrity import check_layout
-
         check_layout(saved_rosa_config(checkpoint), self.model.rosa_runtime.config,
                      f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or 'ckpt_path'}",
                      self.model.config.num_hidden_layers)
@@ -261,10 +263,6 @@ class RosaLitModule(L.LightningModule):
 
 def _plain(value: Any) -> Any:
     """OmegaConf nodes and dataclasses (RosaConfig) -> dicts / lists / primitives."""
-    import dataclasses
-
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -296,64 +294,6 @@ def teacher_config(cfg: Optional[Mapping]) -> Optional[dict]:
     return out
 
 
-def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss: logits [B, T, V] at t score labels[t + 1]; -100 labels are ignored.
-
-    Returns (loss, number of scored tokens). Computed in fp32 whatever the logits dtype.
-    """
-    target = labels[:, 1:].reshape(-1)
-    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    n_scored = (target != IGNORE_INDEX).sum()
-    if int(n_scored) == 0:
-        raise ValueError("a batch without any scored label (all -100)")
-    return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX), n_scored
-
-
-def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
-                            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``shifted_cross_entropy(lm_head(hidden), labels)`` without the [B, T, V] logits.
-
-    hidden: [B, T, C], the lm_head input; labels: [B, T], -100 = not scored. Only the scored positions go
-    through ``lm_head``, ``chunk_tokens`` at a time, each chunk under activation checkpointing, so forward
-    and backward hold one chunk's logits (its fp32 upcast and log-softmax included) instead of all of them.
-    Returns (mean loss, number of scored tokens); the same value and gradients as the full computation to
-    float rounding (summation order).
-    """
-    target = labels[:, 1:]
-    scored = target != IGNORE_INDEX
-    n_scored = scored.sum()
-    if int(n_scored) == 0:
-        raise ValueError("a batch without any scored label (all -100)")
-    h, t = hidden[:, :-1][scored], target[scored]  # [N, C], [N]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.shape[0], chunk_tokens):
-        total = total + torch.utils.checkpoint.checkpoint(_chunk_loss_sum, h[i:i + chunk_tokens], t[i:i + chunk_tokens],
-                                                          lm_head, use_reentrant=False)
-    return total / n_scored, n_scored
-
-
-def _chunk_loss_sum(h: torch.Tensor, t: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
-    return F.cross_entropy(lm_head(h).float(), t, reduction="sum")
-
-
-@torch.no_grad()
-def chunked_answer_accuracy(hidden: torch.Tensor, lm_head: torch.nn.Module, input_ids: torch.Tensor,
-                            answer_mask: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """``answer_accuracy(lm_head(hidden), ...)`` computing logits only at the answer positions, in chunks."""
-    mask = answer_mask[:, 1:].bool()
-    h, t = hidden[:, :-1][mask], input_ids[:, 1:][mask]
-    hits = sum(int((lm_head(h[i:i + chunk_tokens]).argmax(-1) == t[i:i + chunk_tokens]).sum())
-               for i in range(0, h.shape[0], chunk_tokens))
-    return torch.tensor(hits / max(int(mask.sum()), 1), dtype=torch.float32)
-
-
-def answer_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Argmax accuracy over answer tokens: logits [B, T, V] at t predict input_ids[t + 1]."""
-    mask = answer_mask[:, 1:]
-    hits = (logits[:, :-1].argmax(dim=-1) == input_ids[:, 1:]) & mask
-    return hits.sum().float() / mask.sum().clamp(min=1).float()
-
-
 def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, stage: str) -> list[dict]:
     """Optimizer groups (docs/method.md §5.3): ROSA matrices / ROSA vectors (e0, e1) / backbone matrices / backbone
     vectors (norms, biases), each with ``lr``, ``min_lr`` (the schedule's floor) and ``name``.
@@ -361,8 +301,6 @@ def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, s
     Only parameters with ``requires_grad`` are included; empty groups are dropped (stage A has no
     backbone groups at all).
     """
-    from rosa_lightning.modeling import is_rosa_parameter
-
     buckets: dict[str, list] = {"rosa": [], "rosa_no_decay": [], "backbone": [], "backbone_no_decay": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -400,11 +338,6 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 def build_model(backbone: Any, rosa: Any, *, torch_dtype: Optional[str], attn_implementation: str,
                 from_scratch: bool) -> torch.nn.Module:
     """``build_rosa_model`` after a fast availability check of a path / hub id (no hanging retries)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from rosa_lightning.data.hub import resolve_reference
-    from rosa_lightning.modeling import RosaConfig, build_rosa_model
-
     if isinstance(rosa, (Mapping, DictConfig)):
         rosa = RosaConfig.from_dict(OmegaConf.to_container(rosa) if isinstance(rosa, DictConfig) else dict(rosa))
     ref = backbone_reference(backbone)
@@ -432,12 +365,6 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> Optional[bool]:
     (a ``.safetensors`` file or a directory holding one), after checking its checksum and that its ROSA
     branch layout is the model's (the window and global layers may change). Returns whether the file's
     backbone was trained (None: not recorded)."""
-    from pathlib import Path
-
-    from rosa_lightning.callbacks.checkpoint_io import verify_checkpoint
-    from rosa_lightning.modeling import load_adapter, read_adapter_metadata
-    from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
-
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"model.init_from={path!r} does not exist")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from rosa_lightning.retrieval.tokens import rosa_next_token
 
 
 def token_channel_enabled(mode) -> bool:
@@ -54,7 +54,5 @@ class RosaCollate:
         if "answer_mask" in items[0]:
             batch["answer_mask"] = torch.stack([it["answer_mask"] for it in items]).to(torch.bool)
         if self.token_channel:
-            from rosa_lightning.retrieval.tokens import rosa_next_token
-
             batch["rosa_token_ids"] = rosa_next_token(input_ids, num_threads=self.token_threads).to(torch.int32)
         return batch

@@ -12,7 +12,7 @@ Conventions shared with the DataModule and the LightningModule:
 
 - ``labels`` uses the Hugging Face causal-LM convention: ``labels[t]`` is the token at position t, so the
   prediction that is scored for it comes from the logits at position t-1 (the model shifts internally).
-  ``answer_accuracy`` applies the same shift.
+  ``answer_accuracy`` (``rosa_lightning.modeling.losses``, re-exported here) applies the same shift.
 - Every example of a task has exactly ``task.seq_len`` tokens, so the default collate can stack them. Token 0
   (``PAD``) never occurs; token 1 (``BOS``) opens every sequence. ``task.vocab_size`` is the smallest embedding
   size that covers every id; a model may use a larger one.
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rosa_lightning.modeling.losses import IGNORE_INDEX, answer_accuracy  # noqa: F401 (answer_accuracy: re-exported)
+
 PAD = 0
 BOS = 1
 _FIRST_FREE = 2
-IGNORE_INDEX = -100
 
 
 def _finish(ids: np.ndarray, answer_mask: np.ndarray) -> Dict[str, np.ndarray]:
@@ -328,14 +329,3 @@ class SyntheticDataset(Dataset):
         ex = self.task.sample(np.random.default_rng([self.seed, index]))
         return {name: torch.from_numpy(arr) for name, arr in ex.items()}
 
-
-def answer_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of answer tokens predicted exactly (argmax), as a 0-d float tensor.
-
-    logits: [B, T, V] (position t predicts token t+1); input_ids: int64 [B, T]; answer_mask: bool [B, T].
-    Returns NaN when no answer token is present.
-    """
-    pred = logits[:, :-1].argmax(dim=-1)
-    mask = answer_mask[:, 1:]
-    hits = (pred == input_ids[:, 1:]) & mask
-    return hits.sum().float() / mask.sum().float()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rosa_lightning.data import synthetic
-from rosa_lightning.data.synthetic import BOS, MQAR, Passkey, SyntheticDataset, answer_accuracy
+from rosa_lightning.data.synthetic import BOS, MQAR, Passkey, SyntheticDataset
+from rosa_lightning.modeling.losses import answer_accuracy
 from rosa_lightning.retrieval.tokens_reference import next_token_bruteforce
 
 TASKS = [

@@ -3,9 +3,10 @@ with ignored labels, any chunk size, and the token channel on."""
 import pytest
 import torch
 
-from rosa_lightning.lit_module import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
-                                       shifted_cross_entropy)
+from rosa_lightning.lit_module import RosaLitModule
 from rosa_lightning.modeling import RosaConfig, build_rosa_model, rosa_layers
+from rosa_lightning.modeling.losses import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
+                                            shifted_cross_entropy)
 
 
 def _model(token_channel="off"):
@@ -70,8 +71,6 @@ def test_all_ignored_and_bad_chunk_are_refused():
     ids = torch.randint(0, 97, (1, 12))
     with pytest.raises(ValueError, match="without any scored label"):
         chunked_next_token_loss(model.final_hidden_states(ids), model.lm_head, torch.full_like(ids, -100), 4)
-    from rosa_lightning.lit_module import RosaLitModule
-
     for bad in (0, True, 2.5):
         with pytest.raises(ValueError, match="loss_chunk_tokens"):
             RosaLitModule({"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

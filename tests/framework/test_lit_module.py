@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rosa_lightning.lit_module import parameter_groups, shifted_cross_entropy, warmup_cosine
+from rosa_lightning.lit_module import parameter_groups, warmup_cosine
 from rosa_lightning.modeling import is_rosa_parameter
+from rosa_lightning.modeling.losses import shifted_cross_entropy
 
 
 def test_shifted_cross_entropy_ignores_masked_labels():
