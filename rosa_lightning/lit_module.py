@@ -93,7 +93,7 @@ class RosaLitModule(L.LightningModule):
         self.stage = stage
         self.model = build_model(backbone, rosa, torch_dtype=torch_dtype,
                                  attn_implementation=attn_implementation, from_scratch=from_scratch)
-        check_has_rosa(len(rosa_layers(self.model)), self.model.rosa_runtime.config)
+        check_has_rosa(len(rosa_layers(self.model)), self.model.rosa_config)
         # an adapter alone reproduces this run only with the backbone it started from; record when it
         # was trained too (stage B here, or in the run ``init_from`` continues)
         self.backbone_trained = stage == "B"
@@ -217,7 +217,7 @@ class RosaLitModule(L.LightningModule):
         rows = getattr(datamodule, "row_tokens", None)
         if stage == "fit" and callable(rows):
             kinds = getattr(self.model.config, "layer_types", None) or []
-            check_window_fits(self.model.rosa_runtime.config.window, kinds.count("sliding_attention"), rows())
+            check_window_fits(self.model.rosa_config.window, kinds.count("sliding_attention"), rows())
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
@@ -239,14 +239,14 @@ class RosaLitModule(L.LightningModule):
 
     # ---- checkpoint state ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rosa_config"] = self.model.rosa_runtime.config.to_dict()
+        checkpoint["rosa_config"] = self.model.rosa_config.to_dict()
         checkpoint["rosa_train_state"] = {"tokens_seen": self.tokens_seen, "stage": self.stage,
                                           "stage_started_step": self.stage_started_step,
                                           "backbone_trained": self.backbone_trained,
                                           "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_layout(saved_rosa_config(checkpoint), self.model.rosa_runtime.config,
+        check_layout(saved_rosa_config(checkpoint), self.model.rosa_config,
                      f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or 'ckpt_path'}",
                      self.model.config.num_hidden_layers)
         state = checkpoint.get("rosa_train_state")
@@ -373,7 +373,7 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> Optional[bool]:
         return read_adapter_metadata(str(p))["backbone_trained"]
     checkpoint = torch.load(p, map_location="cpu", weights_only=False)
     verify_checkpoint(checkpoint, f"{p} (model.init_from)")
-    check_layout(saved_rosa_config(checkpoint), model.rosa_runtime.config, f"checkpoint {p} (model.init_from)",
+    check_layout(saved_rosa_config(checkpoint), model.rosa_config, f"checkpoint {p} (model.init_from)",
                  model.config.num_hidden_layers, BRANCH_FIELDS)
     train_state = checkpoint.get("rosa_train_state") or {}
     state = checkpoint["state_dict"]

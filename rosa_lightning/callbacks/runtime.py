@@ -1,10 +1,10 @@
 """``RetrievalRuntime``: the retrieval executor's lifecycle, the CPU-core budget, and per-step timing.
 
-CPU budget (docs/pipeline.md §3), per rank on a node with ``usable`` cores (the CPU affinity count) and
-``local_world`` ranks::
+CPU budget (docs/pipeline.md §3; ``rosa_lightning.retrieval.budget.cpu_budget``), per rank on a node with
+``usable`` cores (the CPU affinity count) and ``local_world`` ranks::
 
     per_rank       = usable // local_world
-    kernel_threads = max(1, per_rank - cpu_reserved - num_workers)     (rosa.num_threads: auto)
+    kernel_threads = max(1, per_rank - cpu_reserved - num_workers)     (rosa.runtime.num_threads: auto)
     torch_threads  = 1 on accelerator ranks; on CPU ranks max(1, per_rank - num_workers)
 
 DataLoader workers run the token channel with ``data.token_threads`` threads each. On CPU ranks
@@ -22,31 +22,16 @@ Timing, logged every ``log_every_n_steps`` training steps:
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Optional, Union
 
 import lightning as L
 import torch
 
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def cpu_budget(usable: int, local_world: int, num_workers: int, cpu_reserved: int = 1,
-               on_accelerator: bool = False) -> dict[str, int]:
-    """Threads per rank: ``kernel`` (retrieval), ``torch`` (intra-op), and the ``per_rank`` share."""
-    if usable < 1 or local_world < 1 or num_workers < 0 or cpu_reserved < 0:
-        raise ValueError(f"bad CPU budget inputs: usable={usable}, local_world={local_world}, "
-                         f"num_workers={num_workers}, cpu_reserved={cpu_reserved}")
-    per_rank = max(1, usable // local_world)
-    kernel = max(1, per_rank - cpu_reserved - num_workers)
-    torch_threads = 1 if on_accelerator else max(1, per_rank - num_workers)
-    return {"per_rank": per_rank, "kernel": kernel, "torch": torch_threads}
+from rosa_lightning.modeling import attach_pipeline, rosa_timing_stats
+from rosa_lightning.retrieval.budget import cpu_budget
+from rosa_lightning.retrieval.pipeline import RetrievalPipeline
+from rosa_lightning.retrieval.validation import usable_cores
 
 
 class RetrievalRuntime(L.Callback):
@@ -89,9 +74,7 @@ class RetrievalRuntime(L.Callback):
         self.executor = self._start_executor(pl_module.model, self.budget["kernel"])
 
     def _start_executor(self, model: torch.nn.Module, kernel_threads: int) -> Any:
-        from rosa_lightning.modeling import RetrievalPipeline, attach_pipeline
-
-        wanted = model.rosa_runtime.config.num_threads
+        wanted = model.rosa_config.runtime.num_threads
         executor = RetrievalPipeline(kernel_threads if wanted == "auto" else int(wanted),
                                      wait_timeout_s=self.wait_timeout_s).start()
         attach_pipeline(model, executor)
@@ -102,9 +85,7 @@ class RetrievalRuntime(L.Callback):
         if executor is None:
             return
         try:
-            if model is not None and model.rosa_runtime.pipeline is executor:
-                from rosa_lightning.modeling import attach_pipeline
-
+            if model is not None and model.model.retrieval_pipeline is executor:
                 attach_pipeline(model, None)
         finally:
             executor.close()
@@ -123,8 +104,6 @@ class RetrievalRuntime(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        from rosa_lightning.modeling import rosa_timing_stats
-
         now = time.perf_counter()
         step_s = now - (self._start or now)
         self._last_end = now

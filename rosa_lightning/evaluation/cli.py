@@ -105,7 +105,7 @@ def _data_dir(data: DictConfig) -> Path:
 
 def arm_label(model: torch.nn.Module) -> str:
     """``global``, ``window`` or ``window+rosa`` (``+token`` with the token channel) from the model's layout."""
-    rosa = model.rosa_runtime.config
+    rosa = model.rosa_config
     branch = bool(active_rosa_layers(model))
     if rosa.window is None and not branch:
         return "global"

@@ -1,11 +1,13 @@
-"""Incremental generation for ROSA models (docs/generation.md): the ROSA cache and HF ``generate()`` support.
+"""Generation entry points for ROSA models (docs/generation.md): loading a trained model (``loading.py``) and the
+``generate.py`` command (``cli.py``).
 
-Public API: ``RosaGenerationCache`` (per-layer streams, stored V symbols, token channel, padding
-offsets), ``RosaGenerationMixin`` (``generate`` / ``prepare_inputs_for_generation`` of
-``RosaQwen3ForCausalLM``), ``kv_cache_nbytes``.
+The streaming ROSA state is ``rosa_lightning.retrieval.RosaGenerationCache`` (the streaming side of the retrieval
+seam) and ``generate()`` support is part of the model (``rosa_lightning.modeling.generate``); both are re-exported
+here.
 """
-from .cache import RosaGenerationCache
+from rosa_lightning.modeling.generate import RosaGenerationMixin
+from rosa_lightning.retrieval.streaming import RosaGenerationCache
+
 from .memory import kv_cache_nbytes
-from .mixin import RosaGenerationMixin
 
 __all__ = ["RosaGenerationCache", "RosaGenerationMixin", "kv_cache_nbytes"]

@@ -93,7 +93,7 @@ def _build(cfg: DictConfig) -> tuple[torch.nn.Module, ModelSource]:
     if init_from:
         load_initial_weights(model, str(_existing(init_from, "model.init_from")))
         return model, ModelSource("init_from", f"{ref or 'backbone config'} + weights of {init_from}", ref)
-    if ref is not None and model.rosa_runtime.config.enabled:
+    if ref is not None and model.rosa_config.enabled:
         log.warning("the ROSA branches of %s are freshly initialised (they inject nothing until trained); pass "
                     "run_dir=, adapter= or model.init_from= to evaluate a trained ROSA model", ref)
     return model, ModelSource("backbone", f"{ref or 'backbone config'} ({_layout(model)})", ref)
@@ -193,12 +193,12 @@ def _is_merged_rosa(ref: str) -> bool:
 
 def active_rosa_layers(model: torch.nn.Module) -> list[int]:
     """Indices of the decoder layers whose ROSA branch runs (none when the branch is disabled)."""
-    rosa = model.rosa_runtime.config
+    rosa = model.rosa_config
     return rosa.layers_for(model.config.num_hidden_layers) if rosa.enabled else []
 
 
 def _layout(model: torch.nn.Module) -> str:
-    rosa = model.rosa_runtime.config
+    rosa = model.rosa_config
     n = model.config.num_hidden_layers
     layers = active_rosa_layers(model)
     window = "global attention" if rosa.window is None else f"window {rosa.window}, {rosa.global_layers} global"

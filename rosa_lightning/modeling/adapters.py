@@ -37,7 +37,7 @@ def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
     tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
     if not tensors:
         raise ValueError("model has no ROSA parameters to save (apply_rosa first)")
-    return write_adapter_file(tensors, model.rosa_runtime.config, path, backbone_trained=backbone_trained)
+    return write_adapter_file(tensors, model.rosa_config, path, backbone_trained=backbone_trained)
 
 
 def write_adapter_file(tensors: dict[str, torch.Tensor], config: RosaConfig, path: Union[str, os.PathLike],
@@ -99,7 +99,7 @@ def load_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
         if missing or unexpected:
             raise ValueError(f"adapter {file} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
         saved = {name: f.get_tensor(name) for name in sorted(keys)}
-    check_layout(meta["rosa_config"], model.rosa_runtime.config, f"adapter {file}",
+    check_layout(meta["rosa_config"], model.rosa_config, f"adapter {file}",
                  model.config.num_hidden_layers, compare)
     verify_checksum(saved.items(), meta["checksum"], f"adapter {file}")
     for name, t in saved.items():

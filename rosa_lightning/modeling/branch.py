@@ -4,31 +4,48 @@ Parameters (keys under ``model.layers.{i}.rosa``): ``q_proj/k_proj/v_proj/out_pr
 and ``e0``, ``e1`` [C]. Xavier-uniform Q/K/V, identity out_proj, zero e0/e1: the branch output
 is exactly 0 at initialisation.
 
-Retrieval protocol. ``launch`` computes the Q/K symbols and starts retrieval, ``finish`` waits
-and reads out. Two sources of retrieval results:
-
-* the pipeline (training, full-sequence forward): ``rosa_match`` over the whole sequence, with
-  counterfactuals when gradients are needed;
-* a ``rosa_cache`` object (incremental generation): ``rosa_cache.retrieve(layer_idx, q_sym,
-  k_sym, v_sym)`` gets uint8 [B, T_new, R] symbols of the new positions and returns
-  ``(tau, v_at_tau)``: tau int32 [B, R, T_new] absolute times (-1 = none) and v_at_tau uint8
-  [B, R, T_new], the V symbol stored for time tau (0 where none). No counterfactuals.
-
-Both paths read out from the V symbol at tau (bit m = channel r*M+m).
+Retrieval goes through the seam (``rosa_lightning.retrieval.seam``): ``launch`` computes the Q/K symbols and
+``submit``s them to the layer's retriever (the batch pipeline in training and full forwards, the streaming
+generation state in ``generate``), then computes the V symbols while retrieval runs; ``finish`` takes the
+``LayerRetrieval`` and reads out from the V symbol at tau (bit m = channel r*M+m).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .branch_function import RosaBranchFunction
+from rosa_lightning.retrieval.seam import PendingResult, Retriever
+
+from .branch_function import BranchSpec, RosaBranchFunction
 from .branch_inputs import InputOptions, branch_inputs
 from .counterfactual import GradOptions
-from .symbols import gather_time, pack_symbols
+from .symbols import pack_symbols
+
+
+_DEFER_INIT = contextvars.ContextVar("rosa_defer_init", default=False)
+
+
+@contextlib.contextmanager
+def deferred_init() -> Iterator[None]:
+    """ROSA modules built inside allocate their parameters without initialising them (no random numbers drawn);
+    the model initialises them afterwards in a fixed order (``RosaQwen3ForCausalLM``), so the initial weights
+    for a seed do not depend on where in the model's construction the branches are built."""
+    token = _DEFER_INIT.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_INIT.reset(token)
+
+
+def init_deferred() -> bool:
+    """Whether ROSA modules are being built under ``deferred_init``."""
+    return _DEFER_INIT.get()
 
 
 class RosaLinear(nn.Module):
@@ -44,7 +61,8 @@ class RosaLinear(nn.Module):
             raise ValueError(f"RosaLinear init must be 'xavier', 'identity' or 'zeros', got {init!r}")
         self.init = init
         self.weight = nn.Parameter(torch.empty(features, features, dtype=dtype, device=device))
-        self.reset_parameters()
+        if not init_deferred():
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -81,17 +99,18 @@ class RosaTiming:
 class PendingRetrieval:
     """State between ``RosaBranch.launch`` and ``RosaBranch.finish``."""
 
-    u: torch.Tensor
+    u: torch.Tensor  # input of the Q projection
+    u_kv: Optional[torch.Tensor]  # input of K/V when it differs from u (input options), else None
     v_sym: torch.Tensor  # uint8 [B, T, R]
     logit_dtype: torch.dtype
-    handle: Any = None  # pipeline handle, or None when the result is already known
-    tau: Optional[torch.Tensor] = None
-    v_at_tau: Optional[torch.Tensor] = None
-    u_kv: Optional[torch.Tensor] = None  # input of K/V when it differs from u (input options)
+    job: PendingResult
 
 
 class RosaBranch(nn.Module):
-    """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (docs/method.md §2.4)."""
+    """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (docs/method.md §2.4).
+
+    ``grad_options`` and ``input_options`` are the model's ``RosaConfig.grad`` and ``.inputs``.
+    """
 
     def __init__(self, hidden_size: int, bits: int, grad_options: GradOptions = GradOptions(),
                  dtype=None, device=None, input_options: InputOptions = InputOptions()) -> None:
@@ -123,56 +142,39 @@ class RosaBranch(nn.Module):
         return torch.is_grad_enabled() and (
             u.requires_grad or any(p.requires_grad for p in (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
 
-    def launch(self, u: torch.Tensor, layer_idx: int, pipeline=None, rosa_cache=None) -> PendingRetrieval:
-        """Compute Q/K symbols, start retrieval, then compute the V symbols while it runs.
+    def launch(self, u: torch.Tensor, layer_idx: int, retriever: Retriever) -> PendingRetrieval:
+        """Compute Q/K symbols, submit them to ``retriever``, then compute the V symbols while it runs.
 
         Args:
             u: the normalised layer input [B, T, C].
-            pipeline: a ``RetrievalPipeline`` (used when ``rosa_cache`` is None).
-            rosa_cache: generation state object (see module docstring), or None.
+            layer_idx: the decoder layer's index (the retriever keeps per-layer state and buffers under it).
+            retriever: the seam (``rosa_lightning.retrieval.seam.Retriever``).
         """
         want_cf = self._needs_cf(u)  # decided outside no_grad
         u_q, u_kv = u, None
         if self.input_options != InputOptions():
-            # Q reads u_q, K and V read u_kv (``branch_inputs``: shift, centring)
-            u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, rosa_cache)
+            # Q reads u_q, K and V read u_kv (``branch_inputs``: shift, centring); streamed state lives in the
+            # streaming retriever
+            u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, retriever if retriever.streaming else None)
         u_in = u_q if u_kv is None else u_kv
         with torch.no_grad():
             zq, zk = self.q_proj(u_q), self.k_proj(u_in, self._k_weight())
             q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
             dtype = zq.dtype
             del zq, zk
-            handle = None
-            if rosa_cache is None:
-                handle = pipeline.submit(layer_idx, q_sym, k_sym, self.bits, want_cf=want_cf)
+            job = retriever.submit(layer_idx, q_sym, k_sym, self.bits, want_cf)
             v_sym = pack_symbols(self.v_proj(u_in), self.bits)
-        pending = PendingRetrieval(u=u_q, v_sym=v_sym, logit_dtype=dtype, handle=handle, u_kv=u_kv)
-        return self._attach_cached(pending, layer_idx, q_sym, k_sym, v_sym, rosa_cache)
-
-    @staticmethod
-    def _attach_cached(pending: PendingRetrieval, layer_idx: int, q_sym, k_sym, v_sym, rosa_cache) -> PendingRetrieval:
-        if rosa_cache is not None:
-            tau, v_at_tau = rosa_cache.retrieve(layer_idx, q_sym, k_sym, v_sym)
-            pending.tau = tau.to(device=pending.u.device)
-            pending.v_at_tau = v_at_tau.to(device=pending.u.device, dtype=torch.uint8)
-        return pending
+        return PendingRetrieval(u=u_q, u_kv=u_kv, v_sym=v_sym, logit_dtype=dtype, job=job)
 
     def finish(self, pending: PendingRetrieval) -> torch.Tensor:
         """Wait for retrieval and return the injection y @ Wout^T [B, T, C]."""
-        cf = None
-        if pending.handle is not None:
-            tau, cf, retrieval_s, wait_s = pending.handle.wait()
-            self.timing.add(retrieval_s, wait_s)
-            v_sym = pending.v_sym.transpose(1, 2)  # [B, R, T]
-            v_at_tau = torch.where(tau >= 0, gather_time(v_sym, tau), 0).to(torch.uint8)
-        else:
-            tau, v_at_tau = pending.tau, pending.v_at_tau
+        found = pending.job.result(pending.v_sym)
+        self.timing.add(found.retrieval_s, found.wait_s)
         wk = self._k_weight()
         return RosaBranchFunction.apply(
-            pending.u, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight, self.e0,
-            self.e1, self.out_proj.weight, tau, cf, v_at_tau, self.bits, self.grad_options, pending.logit_dtype,
-            pending.u_kv)
+            pending.u, pending.u_kv, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight,
+            self.e0, self.e1, self.out_proj.weight, found, BranchSpec(self.bits, self.grad_options, pending.logit_dtype))
 
-    def forward(self, u: torch.Tensor, layer_idx: int = 0, pipeline=None, rosa_cache=None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, layer_idx: int, retriever: Retriever) -> torch.Tensor:
         """Launch and finish at once (no overlap); used by ``pre_attn`` and tests."""
-        return self.finish(self.launch(u, layer_idx, pipeline, rosa_cache))
+        return self.finish(self.launch(u, layer_idx, retriever))

@@ -11,15 +11,40 @@ it costs nothing extra), the weights (parameters), and compact indices:
 
 The backward recomputes the three logits with one matmul each (deterministic, same dtype as in
 the forward, so the Q-run structure recomputed from sign(zq) matches the kernel's), and y.
+
+Arguments: the tensors that receive gradients (u, u_kv, the weights, e0, e1) positionally, as autograd needs,
+and everything else in two small objects: the layer's ``LayerRetrieval`` (the seam's result) and a ``BranchSpec``
+(bits, the gradient options, the logits' dtype). Gradients are computed by name (``INPUTS``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from rosa_lightning.retrieval.seam import LayerRetrieval
+
 from .counterfactual import GradOptions, counterfactual_logit_grads, readout, readout_grads
+
+# The differentiable inputs of ``RosaBranchFunction.apply``, in order; the retrieval result and the spec follow.
+INPUTS = ("u", "u_kv", "wq", "wk", "wv", "e0", "e1", "wout")
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """What one branch call needs besides tensors.
+
+    Attributes:
+        bits: M.
+        options: the counterfactual gradient's options.
+        logit_dtype: the dtype zq/zk/zv had in the forward (the backward recomputes them in it).
+    """
+
+    bits: int
+    options: GradOptions
+    logit_dtype: torch.dtype
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -29,66 +54,74 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 class RosaBranchFunction(torch.autograd.Function):
     """inj = readout(tau, v_at_tau, e0, e1) @ Wout^T, with the counterfactual backward.
 
-    forward(u [B,T,C], wq, wk, wv, e0 [C], e1 [C], wout [C,C], tau, cf, v_at_tau, bits,
-    options, logit_dtype) -> inj [B,T,C]. ``cf`` may be None when no gradient reaches Q/K/V
-    (inference); ``logit_dtype`` is the dtype zq/zk/zv had in the forward.
+    apply(u [B,T,C], u_kv [B,T,C] or None, wq, wk, wv, e0 [C], e1 [C], wout [C,C], found: LayerRetrieval,
+    spec: BranchSpec) -> inj [B,T,C]. ``u_kv`` is the K/V projections' input when it differs from u (input
+    options), else None. ``found.cf`` may be None when no gradient reaches Q/K/V (inference).
     """
 
     @staticmethod
-    def forward(ctx, u, wq, wk, wv, e0, e1, wout, tau, cf: Optional[torch.Tensor], v_at_tau,
-                bits: int, options: GradOptions, logit_dtype: torch.dtype, u_kv: Optional[torch.Tensor] = None):
-        y = readout(tau, v_at_tau, e0, e1, bits)
+    def forward(ctx, u, u_kv: Optional[torch.Tensor], wq, wk, wv, e0, e1, wout, found: LayerRetrieval,
+                spec: BranchSpec):
+        y = readout(found.tau, found.v_at_tau, e0, e1, spec.bits)
         inj = F.linear(y.to(wout.dtype), wout)
-        ctx.bits, ctx.options, ctx.logit_dtype = bits, options, logit_dtype
-        ctx.has_cf = cf is not None
+        ctx.spec = spec
+        ctx.has_cf = found.cf is not None
         ctx.has_ukv = u_kv is not None
-        saved = (u, wq, wk, wv, e0, e1, wout, tau, cf if cf is not None else tau, v_at_tau)
-        ctx.save_for_backward(*saved, *((u_kv,) if u_kv is not None else ()))
+        cf = found.cf if found.cf is not None else found.tau
+        ctx.save_for_backward(u, u_kv if u_kv is not None else u, wq, wk, wv, e0, e1, wout, found.tau, cf,
+                              found.v_at_tau)
         return inj
 
     @staticmethod
     def backward(ctx, grad_inj):
-        """docs/gradients.md §2. With ``u_kv`` (input options, ``branch_inputs``) the K and V logits are recomputed from u_kv and the
-        input gradient is split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one tensor
-        (``qk_tied``): autograd then adds both weight gradients into it."""
-        u, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau, *rest = ctx.saved_tensors
-        u_kv = rest[0] if ctx.has_ukv else None
-        bits = ctx.bits
-        need = ctx.needs_input_grad
-        grads = [None] * len(need)
+        """docs/gradients.md §2. With ``u_kv`` (input options, ``branch_inputs``) the K and V logits are recomputed from
+        u_kv and the input gradient is split: u gets the Q part, u_kv the K and V parts. ``wq`` and ``wk`` may be one
+        tensor (``qk_tied``): autograd then adds both weight gradients into it."""
+        u, u_kv, wq, wk, wv, e0, e1, wout, tau, cf, v_at_tau = ctx.saved_tensors
+        if not ctx.has_ukv:
+            u_kv = None
+        bits = ctx.spec.bits
+        need = dict(zip(INPUTS, ctx.needs_input_grad))
+        grads: dict[str, torch.Tensor] = {}
         y = readout(tau, v_at_tau, e0, e1, bits)
-        if need[6]:
-            grads[6] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
+        if need["wout"]:
+            grads["wout"] = (_flat(grad_inj).t() @ _flat(y.to(grad_inj.dtype))).to(wout.dtype)
         grad_y = grad_inj @ wout.to(grad_inj.dtype)  # pass-through of G = Wout^T dL/dinj
-        if need[4] or need[5]:
+        if need["e0"] or need["e1"]:
             g0, g1 = readout_grads(grad_y, tau, v_at_tau, bits)
-            grads[4], grads[5] = g0.to(e0.dtype), g1.to(e1.dtype)
-        if not any(need[:4]) and not (u_kv is not None and need[13]):
-            return tuple(grads)
-        if not ctx.has_cf:
-            raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
-                               "(retrieval called with want_cf=False) but Q/K/V require gradients")
-        dt = ctx.logit_dtype
-        uq = u.to(dt)
-        ukv = uq if u_kv is None else u_kv.to(dt)
-        with torch.no_grad():
-            zq = F.linear(uq, wq.to(dt))
-            zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
-        delta = (e1 - e0).detach()
-        gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, bits, ctx.options, e0=e0.detach())
-        del zq, zk, zv
-        # the docs/gradients.md §2 results are fp32, cast to the logits' dtype; the projections' backward then runs
-        # in that dtype, exactly as autograd of F.linear would.
-        gz = [g.to(dt) for g in gz]
-        for slot, w, g, x in zip((1, 2, 3), (wq, wk, wv), gz, (uq, ukv, ukv)):
-            if need[slot]:
-                grads[slot] = (_flat(g).t() @ _flat(x)).to(w.dtype)
-        if u_kv is None:
-            if need[0]:
-                grads[0] = (gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u.dtype)
-        else:
-            if need[0]:
-                grads[0] = (gz[0] @ wq.to(dt)).to(u.dtype)
-            if need[13]:
-                grads[13] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
-        return tuple(grads)
+            grads["e0"], grads["e1"] = g0.to(e0.dtype), g1.to(e1.dtype)
+        if any(need[k] for k in ("u", "u_kv", "wq", "wk", "wv")):
+            if not ctx.has_cf:
+                raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
+                                   "(retrieval called with want_cf=False) but Q/K/V require gradients")
+            grads.update(_projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, ctx.spec, need))
+        return tuple(grads.get(name) for name in INPUTS) + (None, None)
+
+
+def _projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, spec: BranchSpec, need: dict) -> dict:
+    """Gradients of u, u_kv and the Q/K/V weights from the counterfactual logit gradients (docs/gradients.md §2)."""
+    dt = spec.logit_dtype
+    uq = u.to(dt)
+    ukv = uq if u_kv is None else u_kv.to(dt)
+    with torch.no_grad():
+        zq = F.linear(uq, wq.to(dt))
+        zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
+    delta = (e1 - e0).detach()
+    gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, spec.bits, spec.options, e0=e0.detach())
+    del zq, zk, zv
+    # the docs/gradients.md §2 results are fp32, cast to the logits' dtype; the projections' backward then runs
+    # in that dtype, exactly as autograd of F.linear would.
+    gz = [g.to(dt) for g in gz]
+    grads = {}
+    for name, w, g, x in zip(("wq", "wk", "wv"), (wq, wk, wv), gz, (uq, ukv, ukv)):
+        if need[name]:
+            grads[name] = (_flat(g).t() @ _flat(x)).to(w.dtype)
+    if u_kv is None:
+        if need["u"]:
+            grads["u"] = (gz[0] @ wq.to(dt) + gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u.dtype)
+    else:
+        if need["u"]:
+            grads["u"] = (gz[0] @ wq.to(dt)).to(u.dtype)
+        if need["u_kv"]:
+            grads["u_kv"] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
+    return grads

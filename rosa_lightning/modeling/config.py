@@ -1,21 +1,60 @@
 """Configuration of the ROSA branch (docs/method.md §2, §3, §4.1; docs/gradients.md §4; docs/pipeline.md §3).
 
-``RosaConfig`` is the single description of where and how ROSA is added to a Qwen3 model. It is
-mirrored by the Hydra group ``conf/model/rosa`` and stored inside the HF config (``config.rosa``)
-so that a merged ``save_pretrained`` checkpoint rebuilds the same model.
+``RosaConfig`` is the single description of where and how ROSA is added to a Qwen3 model, validated once when it
+is made and then passed through unchanged: the model, its layers and the branches read the same object. It is
+nested by concern:
+
+- placement (top level): ``bits``, ``rosa_layers``, ``global_layers``, ``window``, ``injection``, ``token_channel``;
+- ``inputs``: what the Q/K/V projections read (``branch_inputs.InputOptions``);
+- ``grad``: the counterfactual gradient's variant (``counterfactual.GradOptions``);
+- ``runtime``: ``num_threads`` and ``enabled`` (``RuntimeOptions``), which change no parameter and no result.
+
+It is mirrored by the Hydra group ``conf/model/rosa`` (with the subgroups ``inputs`` and ``grad``) and stored inside
+the HF config (``config.rosa``) so that a merged ``save_pretrained`` checkpoint rebuilds the same model. Files
+written before the nesting stored the options flat (``kv_shift``, ``cf_field``, ...); ``from_dict`` reads both.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
-from .counterfactual import GRAD_MODES, K_CREDITS, check_positive_number
+from .branch_inputs import InputOptions
+from .counterfactual import GradOptions
 
 INJECTIONS = ("post_attn", "pre_attn")
 TOKEN_CHANNELS = ("off", "shared", "own")
-CF_FIELDS = ("soft", "hard")
-CENTER_U = ("off", "causal_mean")
+
+# The flat keys of the layout used before the nesting, and where each one lives now.
+LEGACY_KEYS = {
+    "cf_field": ("grad", "field"), "grad_mode": ("grad", "mode"), "relax_beta": ("grad", "relax_beta"),
+    "k_credit": ("grad", "k_credit"), "cf_e0_term": ("grad", "e0_term"),
+    "kv_shift": ("inputs", "kv_shift"), "qk_tied": ("inputs", "qk_tied"), "center_u": ("inputs", "center_u"),
+    "num_threads": ("runtime", "num_threads"), "enabled": ("runtime", "enabled"),
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Settings that change neither the parameters nor the results.
+
+    Attributes:
+        num_threads: retrieval kernel threads: "auto" (the budget of ``retrieval.budget``) or an int >= 1.
+        enabled: False skips every ROSA branch and the token channel (logits equal the windowed backbone); the
+            parameters stay in the model.
+    """
+
+    num_threads: Union[str, int] = "auto"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_threads != "auto" and not (_is_int(self.num_threads) and self.num_threads >= 1):
+            raise ValueError(f"RosaConfig.runtime.num_threads must be 'auto' or an int >= 1, got {self.num_threads!r}")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"RosaConfig.runtime.enabled must be a bool, got {self.enabled!r}")
+
+
+_SECTIONS = {"inputs": InputOptions, "grad": GradOptions, "runtime": RuntimeOptions}
 
 
 @dataclass
@@ -33,24 +72,13 @@ class RosaConfig:
             "pre_attn" (branch output added to the layer input before attention reads it).
         token_channel: "off", "shared" (W_tok on the model's input-embedding table) or "own"
             (a separate zero-initialised table), docs/method.md §3.
-        num_threads: retrieval kernel threads, "auto" = docs/pipeline.md §3 budget, or a positive int.
-        cf_field: value field of the counterfactual gradient: "soft" (sigmoid(zv), default) or
-            "hard" (1[zv > 0]).
-        grad_mode: named counterfactual-gradient variant; "published" is docs/gradients.md §2 exactly, "relaxed" takes the
-            Q and K gradients from a soft single-symbol match over all earlier positions (O(T^2), study scale;
-            ``modeling/relaxed.py``).
-        relax_beta: inverse temperature of the "relaxed" soft match (> 0).
-        k_credit: K credit of the counterfactual gradient: "reference" (published, the successor
-            run's start, docs/gradients.md §A3) or "matched" (the matched run's start).
-        cf_e0_term: gradient option (off = published, docs/gradients.md §A1): count a counterfactual destination's
-            output whole (e0 + Delta*F), so flips that change validity also carry the e0 part.
-        kv_shift: learning option (off = published): the K and V projections read the previous position's
-            input u[t-1] (zeros at position 0), Q reads u[t]; see ``branch_inputs``.
-        qk_tied: learning option (off = published): K is computed with Q's weight; ``k_proj.weight`` is kept
-            in the state dict but unused. Only useful with ``kv_shift`` (Q == K retrieves nothing, docs/retrieval.md §R4).
-        center_u: learning option: "off" (published) or "causal_mean" (Q/K/V read u[t] - mean(u[0..t])).
-        enabled: False leaves the model structurally patched but skips the branch entirely
-            (logits equal the windowed backbone).
+        inputs: ``InputOptions`` (``kv_shift``, ``qk_tied``, ``center_u``; published: all off).
+        grad: ``GradOptions`` (``field``, ``mode``, ``k_credit``, ``e0_term``, ``relax_beta``; published: defaults).
+        runtime: ``RuntimeOptions`` (``num_threads``, ``enabled``).
+
+    ``inputs``, ``grad`` and ``runtime`` may be given as mappings (Hydra, JSON); they are converted here.
+    ``enabled`` is the one field meant to be switched on a live model (``model.rosa_config.enabled = False``
+    compares the same weights with and without ROSA); it is a property over ``runtime``.
     """
 
     bits: int = 4
@@ -59,16 +87,9 @@ class RosaConfig:
     window: Optional[int] = 2048
     injection: str = "post_attn"
     token_channel: str = "off"
-    num_threads: Union[str, int] = "auto"
-    cf_field: str = "soft"
-    grad_mode: str = "published"
-    relax_beta: float = 1.0
-    k_credit: str = "reference"
-    cf_e0_term: bool = False
-    kv_shift: bool = False
-    qk_tied: bool = False
-    center_u: str = "off"
-    enabled: bool = True
+    inputs: InputOptions = field(default_factory=InputOptions)
+    grad: GradOptions = field(default_factory=GradOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def __post_init__(self) -> None:
         # bool is an int subclass: bits=true would silently mean 1
@@ -87,18 +108,22 @@ class RosaConfig:
             raise ValueError(f"RosaConfig.window must be a positive int or None, got {self.window!r}")
         _check_choice("injection", self.injection, INJECTIONS)
         _check_choice("token_channel", self.token_channel, TOKEN_CHANNELS)
-        _check_choice("cf_field", self.cf_field, CF_FIELDS)
-        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
-        check_positive_number("RosaConfig.relax_beta", self.relax_beta)
-        _check_choice("k_credit", self.k_credit, K_CREDITS)
-        _check_choice("center_u", self.center_u, CENTER_U)
-        for name in ("cf_e0_term", "kv_shift", "qk_tied"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"RosaConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.num_threads != "auto" and not (_is_int(self.num_threads) and self.num_threads >= 1):
-            raise ValueError(f"RosaConfig.num_threads must be 'auto' or an int >= 1, got {self.num_threads!r}")
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"RosaConfig.enabled must be a bool, got {self.enabled!r}")
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = _section(cls, name, value)
+            elif not isinstance(value, cls):
+                raise ValueError(f"RosaConfig.{name} must be a {cls.__name__} or a mapping of its fields, "
+                                 f"got {type(value).__name__}")
+            object.__setattr__(self, name, value)
+
+    @property
+    def enabled(self) -> bool:
+        return self.runtime.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.runtime = dataclasses.replace(self.runtime, enabled=value)
 
     def layers_for(self, num_layers: int) -> list[int]:
         """The ROSA layer indices for a model with ``num_layers`` decoder layers."""
@@ -110,16 +135,63 @@ class RosaConfig:
         return list(self.rosa_layers)
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-ready): the placement fields plus ``inputs``, ``grad``, ``runtime``."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """One level: placement fields by name, section fields as ``section.field`` (for comparisons and logs)."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RosaConfig":
-        """Build from a plain dict (e.g. ``config.rosa`` or an OmegaConf container); unknown keys raise."""
+    def from_dict(cls, data: Mapping[str, Any]) -> "RosaConfig":
+        """Build from a plain mapping (``config.rosa``, an adapter's metadata, an OmegaConf container).
+
+        Reads the nested layout and the flat one of older files (``LEGACY_KEYS``); unknown keys and a key given
+        both ways raise.
+        """
+        data = dict(data)
+        data.pop("_target_", None)
+        nested: dict[str, dict] = {}
+        for old, (section, name) in LEGACY_KEYS.items():
+            if old in data:
+                nested.setdefault(section, {})[name] = data.pop(old)
+        for section, values in nested.items():
+            given = dict(data.get(section) or {})
+            both = sorted(set(given) & set(values))
+            if both:
+                raise ValueError(f"RosaConfig: {section}.{both[0]} is given both nested and as the older flat key")
+            data[section] = {**given, **values}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown RosaConfig keys {sorted(unknown)}; expected a subset of {sorted(names)}")
-        return cls(**dict(data))
+            raise ValueError(f"unknown RosaConfig keys {sorted(unknown)}; expected a subset of {sorted(names)} "
+                             f"(or the older flat keys {sorted(LEGACY_KEYS)})")
+        return cls(**data)
+
+
+def coerce_rosa_config(value: Union[RosaConfig, Mapping[str, Any], None]) -> RosaConfig:
+    """``value`` as a ``RosaConfig`` (None = the defaults; a mapping through ``from_dict``)."""
+    if value is None:
+        return RosaConfig()
+    if isinstance(value, RosaConfig):
+        return value
+    if isinstance(value, Mapping):
+        return RosaConfig.from_dict(value)
+    raise TypeError(f"a ROSA configuration must be a RosaConfig or a mapping, got {type(value).__name__}")
+
+
+def _section(cls, name: str, values: Mapping[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown RosaConfig.{name} keys {sorted(unknown)}; expected a subset of {sorted(names)}")
+    return cls(**dict(values))
 
 
 def _is_int(value: Any) -> bool:

@@ -63,6 +63,7 @@ class GradOptions:
         if self.mode not in GRAD_MODES:
             raise ValueError(f"GradOptions.mode must be one of {GRAD_MODES}, got {self.mode!r}")
         check_positive_number("GradOptions.relax_beta", self.relax_beta)
+        object.__setattr__(self, "relax_beta", float(self.relax_beta))  # 1 and 1.0 are the same option
 
 
 def _valid_channels(tau: torch.Tensor, bits: int) -> torch.Tensor:

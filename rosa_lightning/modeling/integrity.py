@@ -10,7 +10,6 @@ Used by the adapter files (``adapters.py``) and the Lightning checkpoints (``cal
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import warnings
 from collections.abc import Iterable, Mapping
@@ -18,15 +17,30 @@ from typing import Any, Optional
 
 import torch
 
-from .config import RosaConfig
+from .config import LEGACY_KEYS, RosaConfig
 
-# Fields that change what the same parameters compute. Gradient options (cf_field, grad_mode, relax_beta,
-# k_credit, cf_e0_term) and runtime settings (num_threads, enabled) may differ between a file and a model.
+# Fields that change what the same parameters compute (names as in ``RosaConfig.flat``). The gradient options
+# (``grad.*``) and the runtime settings (``runtime.*``) may differ between a file and a model.
 # BRANCH_FIELDS give the ROSA parameters their meaning; the attention fields may change when a file is only
 # a starting point (model.init_from): the published protocol converts a global model to the window.
-BRANCH_FIELDS = ("bits", "rosa_layers", "injection", "token_channel", "kv_shift", "qk_tied", "center_u")
+BRANCH_FIELDS = ("bits", "rosa_layers", "injection", "token_channel", "inputs.kv_shift", "inputs.qk_tied",
+                 "inputs.center_u")
 LAYOUT_FIELDS = BRANCH_FIELDS[:2] + ("global_layers", "window") + BRANCH_FIELDS[2:]
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RosaConfig)}
+_DEFAULTS = RosaConfig().flat()
+
+
+def _flat_fields(cfg: Mapping) -> dict[str, Any]:
+    """A stored ROSA config (nested, or the older flat layout) as ``RosaConfig.flat`` names; absent fields stay
+    absent (they count as their defaults)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key in LEGACY_KEYS:
+            out[".".join(LEGACY_KEYS[key])] = value
+        else:
+            out[key] = value
+    return out
 
 
 class NonFiniteError(ValueError):
@@ -87,6 +101,7 @@ def layout_differences(saved: Mapping, current: Mapping, num_layers: Optional[in
     ``num_layers`` is known (None and an explicit list can describe the same layers).
     """
     out = {}
+    saved, current = _flat_fields(saved), _flat_fields(current)
     for name in fields:
         a, b = saved.get(name, _DEFAULTS[name]), current.get(name, _DEFAULTS[name])
         if name == "rosa_layers":

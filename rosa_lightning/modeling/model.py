@@ -1,55 +1,101 @@
-"""ROSA-patched Qwen3 causal LM: class, in-place patching, parameter helpers, timing (docs/method.md §2.6, §3).
+"""The ROSA Qwen3 causal LM, built by construction from its config (docs/method.md §2.6, §3).
 
-``RosaQwen3ForCausalLM`` is ``Qwen3ForCausalLM`` whose config carries ``config.rosa`` (a
-``RosaConfig`` dict); its constructor installs the ROSA layers and the token channel, so a merged
-``save_pretrained`` directory reloads into the same model with ``from_pretrained``.
+``RosaQwen3ForCausalLM`` is a ``Qwen3ForCausalLM`` whose config carries ``config.rosa`` (a ``RosaConfig`` dict). Its
+constructor builds the decoder stack ``RosaQwen3Model`` with a ``RosaQwen3DecoderLayer`` at every ROSA index and
+HF's ``Qwen3DecoderLayer`` elsewhere, and the token channel when it is on, so a merged ``save_pretrained``
+directory reloads into the same model with ``from_pretrained``. ``apply_rosa`` converts a plain Qwen3 model that
+is already loaded.
+
+The decoder stack owns the batch retriever (``retrieval.pipeline.RetrievalPipeline``, started lazily or attached
+by the training callback) and hands the layers a retriever through the forward kwarg ``rosa_retriever``: the
+streaming generation state when one is passed as ``rosa_cache``, the batch pipeline otherwise.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Optional
 
 import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM, Qwen3Model
+from transformers.models.qwen3.modeling_qwen3 import (Qwen3DecoderLayer, Qwen3PreTrainedModel, Qwen3RMSNorm,
+                                                      Qwen3RotaryEmbedding)
 
-from rosa_lightning.generation.mixin import RosaGenerationMixin
+from rosa_lightning.retrieval.pipeline import RetrievalPipeline
+from rosa_lightning.retrieval.tokens import rosa_next_token
 
-from .auto import RosaQwen3Config
-from .branch import RosaBranch, RosaLinear
+from .auto import RosaQwen3Config, as_rosa_config
+from .branch import RosaBranch, RosaLinear, deferred_init, init_deferred
 from .config import RosaConfig
-from .layer import RosaQwen3DecoderLayer, RosaRuntime, install_rosa_layer
-from .pipeline import RetrievalPipeline
+from .generate import RosaGenerationMixin
+from .layer import RosaQwen3DecoderLayer
 from .token_channel import RosaTokenChannel
-from .windowing import apply_window
 
 
-def _next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:
-    try:
-        from rosa_lightning.retrieval.tokens import rosa_next_token
-    except ImportError as exc:
-        raise ImportError("the token channel needs rosa_lightning.retrieval.rosa_next_token (build the kernel), "
-                          "or pass rosa_token_ids= to forward") from exc
-    return rosa_next_token(input_ids.cpu()).to(input_ids.device)
+def _is_rosa_module(module: nn.Module) -> bool:
+    return isinstance(module, (RosaLinear, RosaBranch, RosaTokenChannel))
 
 
 def _rosa_init(module: nn.Module) -> bool:
-    """ROSA init for ROSA modules (missing keys at load time); False for any other module."""
-    if isinstance(module, (RosaLinear, RosaBranch, RosaTokenChannel)):
-        module.reset_parameters()
+    """ROSA init for ROSA modules (missing keys at load time); False for any other module. While the model is
+    being built (``deferred_init``) ROSA modules are left alone: the constructor initialises them afterwards."""
+    if _is_rosa_module(module):
+        if not init_deferred():
+            module.reset_parameters()
         return True
     return False
 
 
-class RosaQwen3Model(Qwen3Model):
-    """The decoder stack of ``RosaQwen3ForCausalLM``.
+def _model_rosa_config(config) -> RosaConfig:
+    rosa = getattr(config, "rosa", None)
+    return RosaConfig.from_dict(rosa) if rosa is not None else RosaConfig()
 
-    HF initialises missing weights submodel by submodel with each submodel's own
-    ``_init_weights``; this subclass makes the decoder stack apply the ROSA init to branches.
+
+class RosaQwen3Model(Qwen3Model):
+    """The decoder stack of ``RosaQwen3ForCausalLM``: Qwen3's, with ROSA layers at ``rosa.layers_for(L)``.
+
+    HF initialises missing weights submodel by submodel with each submodel's own ``_init_weights``; this class
+    applies the ROSA init to branches. Extra forward kwarg: ``rosa_cache``, a streaming retriever (generation).
     """
+
+    def __init__(self, config, rosa: Optional[RosaConfig] = None) -> None:
+        # Qwen3Model.__init__ with the layer class chosen per index (tests/modeling/test_construction.py checks that
+        # the two build the same submodules and attributes).
+        Qwen3PreTrainedModel.__init__(self, config)
+        self.rosa_config = rosa if rosa is not None else _model_rosa_config(config)
+        chosen = set(self.rosa_config.layers_for(config.num_hidden_layers))
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([
+            RosaQwen3DecoderLayer(config, i, self.rosa_config) if i in chosen else Qwen3DecoderLayer(config, i)
+            for i in range(config.num_hidden_layers)])
+        self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.has_sliding_layers = "sliding_attention" in self.config.layer_types
+        self.retrieval_pipeline: Optional[RetrievalPipeline] = None
+        self.owns_pipeline = False
+        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if not _rosa_init(module):
             super()._init_weights(module)
+
+    def batch_retriever(self) -> RetrievalPipeline:
+        """The attached pipeline, or one started lazily (owned by the model) with ``runtime.num_threads``."""
+        if self.retrieval_pipeline is None:
+            self.retrieval_pipeline = RetrievalPipeline(self.rosa_config.runtime.num_threads).start()
+            self.owns_pipeline = True
+        return self.retrieval_pipeline
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, rosa_cache=None, **kwargs):
+        kwargs.pop("rosa_retriever", None)
+        if self.rosa_config.enabled:
+            kwargs["rosa_retriever"] = rosa_cache if rosa_cache is not None else self.batch_retriever()
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
 
 
 class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
@@ -57,8 +103,12 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
 
     Extra forward kwargs: ``rosa_token_ids`` int [B, T] (-1 = none), the token channel's
     retrieved next-token ids, computed with ``rosa_next_token`` when absent; ``rosa_cache``
-    (generation state, passed through to the ROSA layers). ``generate()`` creates and streams that
-    state itself (``rosa_lightning.generation``).
+    (the streaming retriever, passed through to the decoder stack). ``generate()`` creates and streams that
+    state itself (``modeling/generate.py``).
+
+    Initialisation: the backbone is initialised as HF's Qwen3 (same random numbers for a seed), then the ROSA
+    modules in a fixed order: each ROSA layer's branch by layer index (Q, K, V Xavier-uniform, out_proj identity,
+    e0 = e1 = 0), then the token channel (zeros).
     """
 
     config_class = RosaQwen3Config
@@ -67,9 +117,38 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
     _keys_to_ignore_on_load_missing = [r"(^|\.)rosa(_[A-Za-z0-9]+)?\."]
 
     def __init__(self, config) -> None:
-        super().__init__(config)
-        rosa = getattr(config, "rosa", None)
-        _install(self, RosaConfig.from_dict(rosa) if rosa is not None else RosaConfig())
+        config = as_rosa_config(config)
+        rosa = _model_rosa_config(config)
+        if config.hidden_size % rosa.bits:
+            raise ValueError(f"hidden_size {config.hidden_size} is not divisible by rosa.bits={rosa.bits}")
+        config.rosa = rosa.to_dict()
+        with deferred_init():
+            # Qwen3ForCausalLM.__init__ with the ROSA decoder stack and the token channel
+            Qwen3PreTrainedModel.__init__(self, config)
+            self.model = RosaQwen3Model(config, rosa)
+            self.vocab_size = config.vocab_size
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            if rosa.token_channel != "off":
+                self.rosa_token = RosaTokenChannel(config.hidden_size, config.vocab_size, rosa.token_channel)
+            self.post_init()
+        self._init_rosa_modules()
+
+    @property
+    def rosa_config(self) -> RosaConfig:
+        """The model's ``RosaConfig`` (one object, shared by the decoder stack and every ROSA layer)."""
+        return self.model.rosa_config
+
+    def _init_rosa_modules(self) -> None:
+        for layer in rosa_layers(self):
+            branch = layer.rosa
+            for proj in (branch.q_proj, branch.k_proj, branch.v_proj, branch.out_proj):
+                proj.reset_parameters()
+            branch.reset_parameters()
+        channel = getattr(self, "rosa_token", None)
+        if channel is not None:
+            for module in channel.modules():
+                if _is_rosa_module(module):
+                    module.reset_parameters()
 
     def _init_weights(self, module: nn.Module) -> None:
         # Missing ROSA keys at load time get the ROSA init, not HF's normal init.
@@ -80,12 +159,12 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
         """``(input_ids, inputs_embeds)`` for the decoder stack: with the token channel on, the embeddings plus
         the channel's injection (and no ids); otherwise unchanged."""
         channel = getattr(self, "rosa_token", None)
-        if channel is None or not self.rosa_runtime.config.enabled:
+        if channel is None or not self.rosa_config.enabled:
             return input_ids, inputs_embeds
         if rosa_token_ids is None:
             if input_ids is None:
                 raise ValueError("the token channel needs input_ids or rosa_token_ids")
-            rosa_token_ids = _next_token_ids(input_ids)
+            rosa_token_ids = rosa_next_token(input_ids.cpu()).to(input_ids.device)
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         inputs_embeds = inputs_embeds + channel(rosa_token_ids.to(inputs_embeds.device), self.model.embed_tokens)
@@ -106,29 +185,13 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
                                logits_to_keep=logits_to_keep, **kwargs)
 
 
-def _install(model: Qwen3ForCausalLM, rosa: RosaConfig) -> None:
-    cfg = model.config
-    if not isinstance(cfg, RosaQwen3Config):
-        # a Qwen3 loaded elsewhere and converted in place: its config (shared by every submodule) becomes
-        # the ROSA config type, so save_pretrained writes model_type rosa_qwen3 and reloads through the Auto classes
-        cfg.__class__ = RosaQwen3Config
-    model.model.__class__ = RosaQwen3Model
-    runtime = RosaRuntime(rosa)
-    model.rosa_runtime = runtime
-    for i in rosa.layers_for(cfg.num_hidden_layers):
-        install_rosa_layer(model.model.layers[i], runtime, cfg.hidden_size)
-    ref = model.model.embed_tokens.weight
-    if rosa.token_channel != "off" and getattr(model, "rosa_token", None) is None:
-        model.rosa_token = RosaTokenChannel(cfg.hidden_size, cfg.vocab_size, rosa.token_channel,
-                                            dtype=ref.dtype, device=ref.device)
-    cfg.rosa = rosa.to_dict()
-
-
 def apply_rosa(model: Qwen3ForCausalLM, rosa: RosaConfig) -> RosaQwen3ForCausalLM:
-    """Patch a Qwen3 causal LM in place: ROSA layers, token channel, class and ``config.rosa``.
+    """Convert a loaded Qwen3 causal LM into a ``RosaQwen3ForCausalLM`` with ``rosa`` and return it.
 
-    Does not change attention windows (see ``apply_window``). Layers that already carry a
-    branch with the same ``bits`` keep their parameters.
+    The result is a new model object built by construction; it takes over the given model's parameters and
+    buffers (the same tensors, not copies), so the given model must not be used afterwards. ROSA parameters that
+    the given model already has (same names and shapes, e.g. a ROSA model converted again) are kept, the others
+    get the ROSA init. Attention windows are not changed (see ``apply_window``).
     """
     if not isinstance(model, Qwen3ForCausalLM):
         raise TypeError(f"model must be a Qwen3ForCausalLM, got {type(model).__name__}")
@@ -136,9 +199,62 @@ def apply_rosa(model: Qwen3ForCausalLM, rosa: RosaConfig) -> RosaQwen3ForCausalL
         raise TypeError(f"rosa must be a RosaConfig, got {type(rosa).__name__}")
     if model.config.hidden_size % rosa.bits:
         raise ValueError(f"hidden_size {model.config.hidden_size} is not divisible by rosa.bits={rosa.bits}")
-    model.__class__ = RosaQwen3ForCausalLM
-    _install(model, rosa)
-    return model
+    config = as_rosa_config(copy.deepcopy(model.config))
+    config.rosa = rosa.to_dict()
+    ref = model.model.embed_tokens.weight
+    with torch.device(ref.device):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(ref.dtype if ref.dtype.is_floating_point else default)
+        try:
+            with torch.device("meta"):
+                converted = RosaQwen3ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    old = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    kept = _take_over(converted, old)
+    fresh = [m for m in _rosa_modules_in_init_order(converted) if not all(n in kept for n in m[1])]
+    for module, _names in fresh:
+        module.to_empty(device=ref.device, recurse=False)
+        module.reset_parameters()
+    converted.generation_config = model.generation_config
+    converted.tie_weights()
+    converted.train(model.training)
+    return converted
+
+
+def _take_over(converted: nn.Module, tensors: dict[str, torch.Tensor]) -> set[str]:
+    """Put the given model's tensors into ``converted`` (meta) by name; returns the names taken."""
+    taken = set()
+    for name, tensor in list(converted.named_parameters(remove_duplicate=False)) + \
+            list(converted.named_buffers(remove_duplicate=False)):
+        source = tensors.get(name)
+        if source is None or source.shape != tensor.shape:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = converted.get_submodule(owner_name)
+        if isinstance(tensor, nn.Parameter):
+            owner._parameters[leaf] = source if isinstance(source, nn.Parameter) else nn.Parameter(source)
+        else:
+            owner._buffers[leaf] = source
+        taken.add(name)
+    missing = [n for n, t in converted.named_parameters(remove_duplicate=False) if n not in taken and not
+               any(part == "rosa" or part.startswith("rosa_") for part in n.split("."))]
+    if missing:
+        raise ValueError(f"apply_rosa: the model lacks Qwen3 parameters {missing[:8]}")
+    return taken
+
+
+def _rosa_modules_in_init_order(model: RosaQwen3ForCausalLM) -> list[tuple[nn.Module, list[str]]]:
+    """(module, its parameter names) for every ROSA module whose parameters it holds directly, in init order."""
+    out = []
+    prefix = {id(m): n for n, m in model.named_modules()}
+    order = [layer.rosa for layer in rosa_layers(model)] + ([model.rosa_token] if hasattr(model, "rosa_token") else [])
+    for top in order:
+        for module in top.modules():
+            own = [f"{prefix[id(module)]}.{k}" for k, _ in module.named_parameters(recurse=False)]
+            if own:
+                out.append((module, own))
+    return out
 
 
 def is_rosa_parameter(name: str) -> bool:
@@ -173,15 +289,15 @@ def rosa_layers(model: nn.Module) -> list[RosaQwen3DecoderLayer]:
 
 
 def attach_pipeline(model: nn.Module, pipeline: Optional[RetrievalPipeline]) -> None:
-    """Make ``pipeline`` the model's retrieval executor (None: back to a lazily created one).
+    """Make ``pipeline`` the model's batch retriever (None: back to a lazily created one).
 
     The caller owns ``pipeline`` (start/close). A lazily created pipeline is closed here.
     """
-    runtime: RosaRuntime = model.rosa_runtime
-    if runtime.pipeline is not None and runtime.owns_pipeline and runtime.pipeline is not pipeline:
-        runtime.pipeline.close()
-    runtime.pipeline = pipeline
-    runtime.owns_pipeline = False
+    stack: RosaQwen3Model = model.model
+    if stack.retrieval_pipeline is not None and stack.owns_pipeline and stack.retrieval_pipeline is not pipeline:
+        stack.retrieval_pipeline.close()
+    stack.retrieval_pipeline = pipeline
+    stack.owns_pipeline = False
 
 
 def rosa_timing_stats(model: nn.Module, reset: bool = True) -> dict:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from rosa_lightning.retrieval.indices import gather_time, index_dtype  # noqa: F401  (re-exported for modeling)
+
 
 def pack_symbols(z: torch.Tensor, bits: int) -> torch.Tensor:
     """Threshold logits at 0 and pack each route's bits into one symbol.
@@ -49,14 +51,3 @@ def run_starts(sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     start = torch.where(change, t, torch.zeros_like(t)).cummax(dim=-1).values
     run_id = change.cumsum(dim=-1) - 1
     return start, run_id
-
-
-def gather_time(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """x[b, r, clamp(tau)] for x [B, R, T] and tau int [B, R, T']; callers mask tau < 0 themselves."""
-    idx = tau.long().clamp_(min=0)
-    return torch.gather(x, -1, idx)
-
-
-def index_dtype(length: int) -> torch.dtype:
-    """Smallest signed dtype that holds times -1 .. length-1 (int16 up to T = 32768, else int32)."""
-    return torch.int16 if length <= 32768 else torch.int32

@@ -23,8 +23,7 @@ def tiny_model(token_channel: str = "off", window: Optional[int] = 8, global_lay
     """A 2-layer model (hidden 64, head_dim 16) whose ROSA branches and token channel inject something:
     random e0/e1 and out_proj, random token-channel weights; larger backbone weights so logits are O(1)."""
     torch.manual_seed(seed)
-    rosa = RosaConfig(window=window, global_layers=global_layers, token_channel=token_channel,
-                      rosa_layers=rosa_layers_, num_threads=1)
+    rosa = RosaConfig(window=window, global_layers=global_layers, token_channel=token_channel, rosa_layers=rosa_layers_, runtime=dict(num_threads=1))
     model = build_rosa_model(tiny_config(), rosa).eval()
     g = activate_branches(model, seed)
     with torch.no_grad():

@@ -56,7 +56,7 @@ def test_tau_equals_rosa_match_per_layer(chunks):
         k = torch.cat([p[1] for p in parts], dim=1)
         tau = torch.cat([p[2] for p in parts], dim=2)
         assert torch.equal(q, full[layer_idx][0]) and torch.equal(k, full[layer_idx][1])
-        want = rosa_match(q, k, model.rosa_runtime.config.bits, want_cf=False).tau
+        want = rosa_match(q, k, model.rosa_config.bits, want_cf=False).tau
         assert torch.equal(tau, want), f"layer {layer_idx}"
         assert (tau >= 0).float().mean() > 0.1  # retrieval actually happens
 

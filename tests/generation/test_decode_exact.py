@@ -29,11 +29,11 @@ def test_rosa_matters(model):
     ids = _ids(0)
     with torch.no_grad():
         on = full_logits(model, ids)
-        model.rosa_runtime.config.enabled = False
+        model.rosa_config.enabled = False
         try:
             off = full_logits(model, ids)
         finally:
-            model.rosa_runtime.config.enabled = True
+            model.rosa_config.enabled = True
     assert (on - off).abs().max() > 0.1
 
 

@@ -46,7 +46,7 @@ def checkpoint(tmp_path_factory):
                 p.normal_(0, 0.1)
     base.save_pretrained(backbone)
     _tokenizer().save_pretrained(backbone)
-    rosa = RosaConfig(window=8, global_layers=1, token_channel="shared", num_threads=1)
+    rosa = RosaConfig(window=8, global_layers=1, token_channel="shared", runtime=dict(num_threads=1))
     model = build_rosa_model(str(backbone), rosa)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_generate_text_matches_direct_generate(checkpoint):
     backbone, adapter = checkpoint
     cfg = _cfg(f"model.backbone={backbone}", f"adapter={adapter}", f"prompt='{PROMPT}'", "max_new_tokens=12")
     model, tok = load_model_and_tokenizer(cfg)
-    assert model.rosa_runtime.config.token_channel == "shared" and model.config.sliding_window == 8
+    assert model.rosa_config.token_channel == "shared" and model.config.sliding_window == 8
     assert float(model.model.layers[1].rosa.e0.detach().abs().sum()) > 0  # the adapter was loaded
     [text] = generate_text(cfg, model, tok)
     assert text == PROMPT + _reference(backbone, adapter, PROMPT, 12)

@@ -53,14 +53,14 @@ def test_run_dir_with_merged_model_and_auto_class(trained, tmp_path):
     model.save_pretrained(tmp_path / "run" / "model")
     _tokenizer().save_pretrained(tmp_path / "run" / "model")
     loaded, tok, source = load_inference_model(_cfg(f"run_dir={tmp_path / 'run'}"))
-    assert source.kind == "merged" and loaded.rosa_runtime.config.bits == 8 and tok.padding_side == "left"
+    assert source.kind == "merged" and loaded.rosa_config.bits == 8 and tok.padding_side == "left"
     _same(loaded, model)
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").eval()
     assert type(auto) is RosaQwen3ForCausalLM and auto.config.model_type == "rosa_qwen3"
     _same(auto, model)
     # model.backbone pointing at a merged model uses its saved layout, not model.rosa
     again, _, source = load_inference_model(_cfg(f"model.backbone={tmp_path / 'run' / 'model'}"))
-    assert source.kind == "merged" and again.rosa_runtime.config.bits == 8
+    assert source.kind == "merged" and again.rosa_config.bits == 8
 
 
 def test_run_dir_with_only_a_checkpoint(trained, tmp_path):
@@ -92,7 +92,7 @@ def test_adapter_of_a_trained_backbone_is_refused(trained, tmp_path):
         load_inference_model(_cfg(f"model.backbone={root / 'backbone'}", f"adapter={tmp_path / 'b'}"))
     save_adapter(model, tmp_path / "a", backbone_trained=False)
     loaded, _, source = load_inference_model(_cfg(f"model.backbone={root / 'backbone'}", f"adapter={tmp_path / 'a'}"))
-    assert source.kind == "adapter" and loaded.rosa_runtime.config.bits == 8
+    assert source.kind == "adapter" and loaded.rosa_config.bits == 8
     for (n, p), (_, q) in zip(rosa_named_parameters(loaded), rosa_named_parameters(model)):
         assert torch.equal(p, q), n
 

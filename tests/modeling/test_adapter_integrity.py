@@ -14,7 +14,7 @@ from rosa_lightning.modeling.integrity import ChecksumError, NonFiniteError
 
 def _model(cfg, **rosa):
     torch.manual_seed(0)
-    model = build_rosa_model(cfg, RosaConfig(window=16, **rosa))
+    model = build_rosa_model(cfg, RosaConfig.from_dict(dict(window=16, **rosa)))
     randomize_values(model)
     return model
 
@@ -33,7 +33,7 @@ def test_metadata_records_config_checksum_and_backbone_state(cfg, tmp_path):
     model = _model(cfg, bits=8, kv_shift=True, qk_tied=True)
     file = save_adapter(model, tmp_path / "a", backbone_trained=True)
     meta = read_adapter_metadata(file)
-    assert meta["rosa_config"] == model.rosa_runtime.config.to_dict() and meta["backbone_trained"] is True
+    assert meta["rosa_config"] == model.rosa_config.to_dict() and meta["backbone_trained"] is True
     assert len(meta["checksum"]) == 64 and meta["file"] == file
     assert read_adapter_metadata(save_adapter(model, tmp_path / "b"))["backbone_trained"] is None
 
@@ -42,8 +42,8 @@ def test_layout_mismatch_names_the_fields(cfg, tmp_path):
     file = save_adapter(_model(cfg, bits=8, kv_shift=True, qk_tied=True), tmp_path / "a")
     other = _model(cfg, bits=4)
     before = {n: p.clone() for n, p in rosa_named_parameters(other)}
-    with pytest.raises(ValueError, match=r"bits: saved 8, current 4; kv_shift: saved True, current False; "
-                                         r"qk_tied: saved True, current False"):
+    with pytest.raises(ValueError, match=r"bits: saved 8, current 4; inputs.kv_shift: saved True, current False; "
+                                         r"inputs.qk_tied: saved True, current False"):
         load_adapter(other, file)
     assert all(torch.equal(p, before[n]) for n, p in rosa_named_parameters(other))  # nothing was copied
     # gradient options and runtime settings do not change what the parameters compute: accepted
@@ -63,7 +63,7 @@ def test_old_adapter_without_checksum_loads_with_a_warning(cfg, tmp_path):
     model = _model(cfg)
     file = tmp_path / "old.safetensors"
     save_file({n: p.detach().contiguous() for n, p in rosa_named_parameters(model)}, str(file),
-              metadata={"rosa_config": json.dumps(model.rosa_runtime.config.to_dict())})
+              metadata={"rosa_config": json.dumps(model.rosa_config.to_dict())})
     meta = read_adapter_metadata(file)
     assert meta["checksum"] is None and meta["backbone_trained"] is None
     fresh = build_rosa_model(cfg, RosaConfig(window=16))

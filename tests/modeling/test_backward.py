@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rosa_lightning.modeling.backward_reference import cf_tau_from_runs, reference_branch
-from rosa_lightning.modeling.branch_function import RosaBranchFunction
+from rosa_lightning.modeling.branch_function import BranchSpec, RosaBranchFunction
+from rosa_lightning.retrieval.seam import LayerRetrieval
 from rosa_lightning.modeling.counterfactual import (GradOptions, counterfactual_logit_grads, readout,
                                                     readout_grads)
 from rosa_lightning.modeling.symbols import pack_symbols
@@ -98,9 +99,9 @@ def test_vector_example_through_function(example):
     wq, wk, wv = (torch.cat(blocks, 1).requires_grad_(True)
                   for blocks in ((eye, zero, zero), (zero, eye, zero), (zero, zero, eye)))
     e0p, e1p, wout = e0.clone().requires_grad_(True), e1.clone().requires_grad_(True), torch.eye(C)
-    inj = RosaBranchFunction.apply(u, wq, wk, wv, e0p, e1p, wout.requires_grad_(True), tau,
-                                   _flipped_cf(example).to(torch.int16), _v_at_tau(zv, tau, M), M,
-                                   GradOptions(), torch.float32)
+    found = LayerRetrieval(tau=tau, v_at_tau=_v_at_tau(zv, tau, M), cf=_flipped_cf(example).to(torch.int16))
+    inj = RosaBranchFunction.apply(u, None, wq, wk, wv, e0p, e1p, wout.requires_grad_(True), found,
+                                   BranchSpec(M, GradOptions(), torch.float32))
     torch.testing.assert_close(inj[0], torch.tensor(example["y"]), atol=tol, rtol=0)
     inj.backward(g)
     gu = u.grad[0]

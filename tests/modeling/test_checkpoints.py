@@ -67,7 +67,7 @@ def test_merged_save_pretrained_reloads_same_class(cfg, ids, tmp_path):
         want = model(ids).logits
     model.save_pretrained(tmp_path / "merged")
     again = RosaQwen3ForCausalLM.from_pretrained(tmp_path / "merged").eval()
-    assert again.rosa_runtime.config == model.rosa_runtime.config
+    assert again.rosa_config == model.rosa_config
     for n, p in model.state_dict().items():
         assert torch.equal(again.state_dict()[n], p), n
     with torch.no_grad():
@@ -83,8 +83,8 @@ def test_adapter_round_trip(cfg, ids, tmp_path):
     torch.manual_seed(1)
     fresh = build_rosa_model(cfg, RosaConfig(window=16))
     fresh.load_state_dict({n: p for n, p in model.state_dict().items() if "rosa" not in n}, strict=False)
-    assert read_adapter_config(file) == model.rosa_runtime.config
-    assert load_adapter(fresh, tmp_path / "adapter") == model.rosa_runtime.config
+    assert read_adapter_config(file) == model.rosa_config
+    assert load_adapter(fresh, tmp_path / "adapter") == model.rosa_config
     for (n, a), (_, b) in zip(rosa_named_parameters(model), rosa_named_parameters(fresh)):
         assert torch.equal(a, b), n
     with torch.no_grad():
@@ -103,8 +103,11 @@ def test_apply_rosa_to_plain_model_and_deepcopy(cfg, ids):
     assert isinstance(model, RosaQwen3ForCausalLM) and model.config.rosa["bits"] == 4
     with torch.no_grad():
         assert torch.equal(model(ids).logits, want)
+    model(ids)  # starts the model's own pipeline: a copy gets a stopped one of its own
     clone = copy.deepcopy(model)
-    assert clone.rosa_runtime is clone.model.layers[1].rosa_runtime is not model.rosa_runtime
+    assert clone.rosa_config is clone.model.layers[1].rosa_config is not model.rosa_config
+    assert clone.model.retrieval_pipeline is not model.model.retrieval_pipeline
+    assert clone.model.retrieval_pipeline is not None and not clone.model.retrieval_pipeline.running
     with torch.no_grad():
         assert torch.equal(clone(ids).logits, want)
 

@@ -1,9 +1,13 @@
-"""Finite-difference harness: self-consistency on a tiny model (2 layers, hidden 64), seconds on one thread."""
+"""Finite-difference probes: self-consistency on a tiny model (2 layers, hidden 64), seconds on one thread.
+
+The probes come from the library (``rosa_lightning.modeling.finite_diff``); their agreement is scored with the
+studies' statistics (``experiments.harness.statistics``)."""
 import numpy as np
 import pytest
 import torch
 
 from conftest import randomize_values, tiny_config
+from experiments.harness.statistics import StreamAgreement, check_summary
 from rosa_lightning.modeling import GradOptions, RosaConfig, build_rosa_model, rosa_layers
 from rosa_lightning.modeling.finite_diff import force_bit, gradient_check, logit_grads
 
@@ -19,8 +23,7 @@ def one_thread():
 
 def make(e_scale=1.0, seed=0, injection="post_attn", dtype=None):
     torch.manual_seed(seed)
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, global_layers=0, num_threads=1,
-                                                       injection=injection), torch_dtype=dtype)
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, global_layers=0, injection=injection, runtime=dict(num_threads=1)), torch_dtype=dtype)
     if e_scale:
         randomize_values(model, scale=e_scale, seed=seed)
     ids = torch.randint(0, 97, (2, 48), generator=torch.Generator().manual_seed(seed))
@@ -65,7 +68,7 @@ def test_zero_values_make_every_probe_zero():
     model, loss_fn = make(e_scale=0.0)  # e0 = e1 = 0: the branch outputs exactly 0 whatever the bits
     res = gradient_check(model, rosa_layers(model)[0], loss_fn, num_probes=8)
     for s in res.streams.values():
-        assert len(s.fd) > 0 and not s.fd.any() and not s.est.any() and np.isnan(s.pearson)
+        assert len(s.fd) > 0 and not s.fd.any() and not s.est.any() and np.isnan(StreamAgreement.of(s).pearson)
 
 
 def test_v_estimate_is_first_order_exact_for_small_values():
@@ -73,7 +76,7 @@ def test_v_estimate_is_first_order_exact_for_small_values():
     # so the V estimate (sum of dL/dy * delta over the positions retrieving that time) is the loss difference.
     model, loss_fn = make(e_scale=1e-3, dtype=torch.float64)  # float64: loss differences of ~1e-5 are exact
     res = gradient_check(model, rosa_layers(model)[1], loss_fn, num_probes=24, streams=("v",))
-    v = res.streams["v"]
+    v = StreamAgreement.of(res.streams["v"])
     assert v.informative.sum() >= 10
     assert v.pearson > 0.999 and v.sign_agreement == 1.0 and v.coverage == 1.0
     np.testing.assert_allclose(v.est, v.fd, rtol=0.05, atol=1e-7)
@@ -82,7 +85,7 @@ def test_v_estimate_is_first_order_exact_for_small_values():
 def test_streams_and_summary():
     model, loss_fn = make()
     res = gradient_check(model, rosa_layers(model)[1], loss_fn, num_probes=16, seed=1)
-    summary = res.summary()
+    summary = check_summary(res)
     assert set(summary) == {"q", "k", "v"}
     for name, s in res.streams.items():
         assert s.where.shape == (len(s.fd), 3) and len(np.unique(s.where, axis=0)) == len(s.fd)
@@ -111,9 +114,9 @@ def test_first_order_is_the_loss_difference_when_the_loss_is_linear():
     res = gradient_check(model, rosa_layers(model)[1], loss_fn, num_probes=24)
     for x, s in res.streams.items():
         assert s.first_order is not None and (s.fd != 0).sum() >= 5, x
-        assert s.ceiling > 0.999, x
+        assert StreamAgreement.of(s).ceiling > 0.999, x
         np.testing.assert_allclose(s.first_order, s.fd, rtol=0.05, atol=1e-9)
-    assert res.streams["v"].est_vs_first_order > 0.999
+    assert StreamAgreement.of(res.streams["v"]).est_vs_first_order > 0.999
 
 
 def test_q_estimate_with_hard_field_and_e0_term_is_first_order_exact():
@@ -121,7 +124,7 @@ def test_q_estimate_with_hard_field_and_e0_term_is_first_order_exact():
     # (e0 + delta * V bit at the flipped destination, or 0): it differs from the first-order effect only where
     # the flip also moves other positions' retrievals (run splits, longer contexts), rare at bits = 8.
     torch.manual_seed(0)
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=8, window=8, global_layers=0, num_threads=1))
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=8, window=8, global_layers=0, runtime=dict(num_threads=1)))
     randomize_values(model, scale=1.0, seed=0)
     ids = torch.randint(0, 97, (2, 48), generator=torch.Generator().manual_seed(0))
 
@@ -131,29 +134,14 @@ def test_q_estimate_with_hard_field_and_e0_term_is_first_order_exact():
     layer = rosa_layers(model)[0]
     res = gradient_check(model, layer, loss_fn, num_probes=96, streams=("q",),
                          options=GradOptions(field="hard", e0_term=True))
-    q = res.streams["q"]
+    q = StreamAgreement.of(res.streams["q"])
     m = q.informative
     assert m.sum() >= 5
     close = np.isclose(q.est[m], q.first_order[m], rtol=1e-3, atol=1e-6)
     assert close.mean() >= 0.8, close.mean()
     assert q.est_vs_first_order > 0.9
     published = gradient_check(model, layer, loss_fn, num_probes=96, streams=("q",)).streams["q"]
+    published = StreamAgreement.of(published)
     m = published.informative
     assert np.isclose(published.est[m], published.first_order[m], rtol=1e-3, atol=1e-6).mean() < close.mean()
 
-
-def test_agreement_statistics():
-    from rosa_lightning.modeling.finite_diff import StreamAgreement
-
-    rng = np.random.default_rng(0)
-    fd = rng.normal(size=200)
-    s = StreamAgreement("q", fd=fd, est=np.exp(fd), where=np.zeros((200, 3), dtype=np.int64), first_order=2 * fd)
-    assert s.spearman == pytest.approx(1.0)  # monotone, not linear
-    assert 0.5 < s.pearson < 0.95
-    lo, hi = s.pearson_ci()
-    assert lo <= s.pearson <= hi and hi - lo < 0.3
-    assert s.ceiling == pytest.approx(1.0) and s.est_vs_first_order == pytest.approx(s.pearson)
-    ties = StreamAgreement("k", fd=np.array([1.0, 1.0, 2.0, 3.0]), est=np.array([5.0, 5.0, 6.0, 7.0]),
-                           where=np.zeros((4, 3), dtype=np.int64))
-    assert ties.spearman == pytest.approx(1.0) and np.isnan(ties.ceiling)
-    assert set(s.summary()) >= {"pearson_lo", "pearson_hi", "spearman", "ceiling", "est_vs_first_order"}

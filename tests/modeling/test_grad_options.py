@@ -52,9 +52,9 @@ def test_matched_credit_moves_only_k_by_one_run():
 
 def test_config_and_layer_carry_the_option():
     with pytest.raises(ValueError, match="k_credit"):
-        RosaConfig(k_credit="successor")
+        RosaConfig(grad=dict(k_credit="successor"))
     with pytest.raises(ValueError, match="k_credit"):
         GradOptions(k_credit="x")
-    assert RosaConfig().k_credit == "reference" and GradOptions().k_credit == "reference"
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, num_threads=1, k_credit="matched"))
+    assert RosaConfig().grad.k_credit == "reference" and GradOptions().k_credit == "reference"
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, grad=dict(k_credit="matched"), runtime=dict(num_threads=1)))
     assert all(layer.rosa.grad_options.k_credit == "matched" for layer in rosa_layers(model))

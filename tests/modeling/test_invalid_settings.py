@@ -6,16 +6,17 @@ import time
 import pytest
 import torch
 
-from rosa_lightning.modeling import RetrievalPipeline, RetrievalTimeout, RosaConfig
+from rosa_lightning.modeling import RosaConfig
+from rosa_lightning.retrieval import RetrievalPipeline, RetrievalTimeout
 from rosa_lightning.retrieval import rosa_match
 from rosa_lightning.retrieval.validation import max_kernel_threads
 
 
 @pytest.mark.parametrize("field, value", [("bits", True), ("bits", 4.0), ("global_layers", True), ("window", True),
-                                          ("rosa_layers", [True]), ("num_threads", True)])
+                                          ("rosa_layers", [True]), ("runtime.num_threads", True)])
 def test_bool_and_float_are_not_ints(field, value):
     with pytest.raises(ValueError, match=f"RosaConfig.{field}"):
-        RosaConfig(**{field: value})
+        RosaConfig.from_dict({field.split(".")[-1]: value})
 
 
 def test_thread_count_beyond_the_machine_is_refused_before_any_thread_starts():

@@ -17,6 +17,8 @@ from rosa_lightning.modeling.counterfactual import counterfactual_logit_grads
 from rosa_lightning.modeling.finite_diff import gradient_check
 from rosa_lightning.modeling.symbols import pack_symbols
 from rosa_lightning.retrieval import rosa_match
+from rosa_lightning.retrieval.indices import values_at
+from rosa_lightning.retrieval.seam import LayerRetrieval
 
 OPTION_SETS = [
     dict(kv_shift=True),
@@ -28,7 +30,7 @@ OPTION_SETS = [
 
 def _model(seed=0, window=8, global_layers=1, **opts):
     torch.manual_seed(seed)
-    rosa = RosaConfig(window=window, global_layers=global_layers, num_threads=1, **opts)
+    rosa = RosaConfig.from_dict(dict(window=window, global_layers=global_layers, num_threads=1, **opts))
     return build_rosa_model(tiny_config(), rosa).eval()
 
 
@@ -42,11 +44,10 @@ def _ids(seed=0, batch=2, T=40):
 
 def test_defaults_and_validation():
     c = RosaConfig()
-    assert (c.kv_shift, c.qk_tied, c.center_u) == (False, False, "off")
-    assert InputOptions() == InputOptions(False, False, "off")
+    assert c.inputs == InputOptions(False, False, "off") == InputOptions()
     for bad in (dict(kv_shift=1), dict(qk_tied="yes"), dict(center_u="mean")):
         with pytest.raises(ValueError):
-            RosaConfig(**bad)
+            RosaConfig(inputs=bad)
     model = _model(kv_shift=True, qk_tied=True, center_u="causal_mean")
     assert all(layer.rosa.input_options == InputOptions(True, True, "causal_mean") for layer in rosa_layers(model))
     # the state-dict layout is the published one
@@ -60,7 +61,7 @@ def test_step0_identity(opts):
     ids = _ids()
     with torch.no_grad():
         on = model(ids).logits
-        model.rosa_runtime.config.enabled = False
+        model.rosa_config.enabled = False
         off = model(ids).logits
     assert torch.equal(on, off)
 
@@ -131,10 +132,12 @@ def test_backward_is_chain_rule_of_the_counterfactual_logit_grads(opts):
     u.requires_grad_(True)
     gout = torch.randn(2, 30, 32, dtype=torch.float64)
 
-    class Pipe:  # synchronous stand-in for the retrieval pipeline
+    class Pipe:  # synchronous stand-in for the batch retriever (the seam)
+        streaming = False
+
         def submit(self, layer_idx, q, k, bits, want_cf):
             m = rosa_match(q.cpu(), k.cpu(), bits, num_threads=1, want_cf=want_cf)
-            return type("H", (), {"wait": lambda self_: (m.tau, m.cf, 0.0, 0.0)})()
+            return type("H", (), {"result": lambda self_, v: LayerRetrieval(m.tau, values_at(v, m.tau), m.cf)})()
 
     (branch(u, 0, Pipe()) * gout).sum().backward()
 
@@ -198,9 +201,9 @@ def test_incremental_decoding_equals_full_forward(opts, chunks):
     ids = _ids(2)
     with torch.no_grad():
         want = model(ids, use_cache=False).logits
-        model.rosa_runtime.config.enabled = False
+        model.rosa_config.enabled = False
         off = model(ids, use_cache=False).logits
-        model.rosa_runtime.config.enabled = True
+        model.rosa_config.enabled = True
     assert (want - off).abs().max() > 0.1  # the branch matters
     torch.testing.assert_close(_incremental(model, ids, chunks), want, atol=1e-5, rtol=0)
 
@@ -269,9 +272,9 @@ def test_e0_term_fast_path_matches_float64_reference(k_credit, seed, B, T, M, R)
 
 def test_e0_term_config_and_default():
     from rosa_lightning.modeling import GradOptions
-    assert RosaConfig().cf_e0_term is False and GradOptions().e0_term is False
+    assert RosaConfig().grad.e0_term is False and GradOptions().e0_term is False
     with pytest.raises(ValueError):
-        RosaConfig(cf_e0_term="yes")
+        RosaConfig(grad=dict(e0_term="yes"))
     model = _model(cf_e0_term=True)
     assert all(layer.rosa.grad_options.e0_term for layer in rosa_layers(model))
     zq, zk, zv, g = (torch.randn(1, 12, 8) for _ in range(4))

@@ -2,7 +2,8 @@
 import torch
 
 from conftest import randomize_values
-from rosa_lightning.modeling import RetrievalPipeline, RosaBranch, RosaConfig, build_rosa_model, rosa_named_parameters
+from rosa_lightning.retrieval import RetrievalPipeline
+from rosa_lightning.modeling import RosaBranch, RosaConfig, build_rosa_model, rosa_named_parameters
 
 
 def test_branch_saves_only_compact_indices_besides_input_and_weights():

@@ -6,6 +6,7 @@ from transformers import Qwen3ForCausalLM
 from conftest import randomize_values, tiny_config
 from rosa_lightning.modeling import (RosaConfig, RosaQwen3DecoderLayer, build_rosa_model, freeze_backbone,
                                      is_rosa_parameter, rosa_layers, rosa_named_parameters, rosa_timing_stats)
+from rosa_lightning.retrieval.seam import LayerRetrieval
 
 
 def _plain_twin(model):
@@ -16,7 +17,7 @@ def _plain_twin(model):
     return plain.eval()
 
 
-@pytest.mark.parametrize("rosa", [RosaConfig(window=16), RosaConfig(window=16, enabled=False),
+@pytest.mark.parametrize("rosa", [RosaConfig(window=16), RosaConfig(window=16, runtime=dict(enabled=False)),
                                   RosaConfig(window=None, injection="pre_attn"),
                                   RosaConfig(window=16, token_channel="shared", rosa_layers=[0, 1]),
                                   RosaConfig(window=16, token_channel="own", bits=2)])
@@ -57,7 +58,7 @@ def test_window_reach_single_layer():
     ids[1] = torch.randint(0, 97, (48,), generator=torch.Generator().manual_seed(1))
     cfg = tiny_config(layers=1)
     torch.manual_seed(0)
-    window_only = build_rosa_model(cfg, RosaConfig(window=W, global_layers=0, enabled=False)).eval()
+    window_only = build_rosa_model(cfg, RosaConfig(window=W, global_layers=0, runtime=dict(enabled=False))).eval()
     a, b = _window_outputs(window_only, ids, prefix)
     reach = prefix + W - 1  # t - W >= prefix - 1: every changed token is out of the window
     assert torch.equal(a[:, reach:], b[:, reach:])
@@ -121,14 +122,25 @@ def test_token_channel_learns_and_computes_ids(cfg, ids):
 
 
 class _FixedCache:
-    """A stand-in for the generation cache: answers every layer with the same tau and V symbols."""
+    """A stand-in streaming retriever (the seam): answers every layer with the same tau and V symbols."""
+
+    streaming = True
 
     def __init__(self, tau, v_at_tau):
         self.tau, self.v_at_tau, self.calls = tau, v_at_tau, []
 
-    def retrieve(self, layer_idx, q_sym, k_sym, v_sym):
-        self.calls.append((layer_idx, tuple(q_sym.shape), q_sym.dtype, tuple(v_sym.shape)))
-        return self.tau, self.v_at_tau
+    def submit(self, layer_idx, q_sym, k_sym, bits, want_cf):
+        return _FixedJob(self, layer_idx, q_sym)
+
+
+class _FixedJob:
+    def __init__(self, cache, layer_idx, q_sym):
+        self.cache, self.layer_idx, self.q_sym = cache, layer_idx, q_sym
+
+    def result(self, v_sym):
+        c = self.cache
+        c.calls.append((self.layer_idx, tuple(self.q_sym.shape), self.q_sym.dtype, tuple(v_sym.shape)))
+        return LayerRetrieval(tau=c.tau, v_at_tau=c.v_at_tau)
 
 
 def test_rosa_cache_protocol(cfg, ids):
@@ -147,7 +159,7 @@ def test_rosa_cache_protocol(cfg, ids):
         cache.v_at_tau = torch.full((B, R, T), 15, dtype=torch.uint8)
         branch = model.model.layers[1].rosa
         u = torch.randn(B, T, 64)
-        inj = branch(u, 1, rosa_cache=cache)
+        inj = branch(u, 1, cache)
         torch.testing.assert_close(inj, branch.e1.expand(B, T, 64) @ branch.out_proj.weight.t())
 
 
@@ -162,7 +174,7 @@ def test_timing_stats(cfg, ids):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(bits=9), "bits"), (dict(injection="mid"), "injection"), (dict(token_channel="on"), "token_channel"),
-    (dict(window=0), "window"), (dict(num_threads=0), "num_threads"), (dict(cf_field="x"), "cf_field"),
+    (dict(window=0), "window"), (dict(runtime=dict(num_threads=0)), "num_threads"), (dict(grad=dict(field="x")), "field"),
     (dict(rosa_layers=[1, 1]), "duplicates"), (dict(global_layers=-1), "global_layers")])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

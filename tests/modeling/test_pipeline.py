@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import randomize_values
-from rosa_lightning.modeling import (RetrievalPipeline, RosaConfig, attach_pipeline, auto_num_threads,
+from rosa_lightning.retrieval import RetrievalPipeline, kernel_threads
+from rosa_lightning.modeling import (RosaConfig, attach_pipeline,
                                      build_rosa_model, rosa_timing_stats)
 from rosa_lightning.retrieval import rosa_match
 
@@ -61,8 +62,8 @@ def test_bad_inputs_and_budget():
         with pytest.raises(ValueError, match="uint8"):
             pipe.submit(0, q.int(), k, 4, want_cf=False)
     cores = len(os.sched_getaffinity(0))
-    assert auto_num_threads(1, 1) == max(1, cores - 1)
-    assert auto_num_threads(64, 1) == 1
+    assert kernel_threads("auto", local_world=1, cpu_reserved=1) == max(1, cores - 1)
+    assert kernel_threads("auto", local_world=64, cpu_reserved=1) == 1
 
 
 def test_attached_pipeline_is_used_and_model_works_without_one(cfg, ids):

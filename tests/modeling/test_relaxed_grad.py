@@ -64,26 +64,24 @@ def test_relaxed_mode_keeps_the_published_v_gradient():
 
 
 def test_options_are_validated_and_carried():
-    with pytest.raises(ValueError, match="grad_mode"):
-        RosaConfig(grad_mode="soft")
+    with pytest.raises(ValueError, match="GradOptions.mode"):
+        RosaConfig(grad=dict(mode="soft"))
     with pytest.raises(ValueError, match="relax_beta"):
-        RosaConfig(relax_beta=0)
+        RosaConfig(grad=dict(relax_beta=0))
     with pytest.raises(ValueError, match="relax_beta"):
         GradOptions(relax_beta=-1.0)
     with pytest.raises(ValueError, match="mode"):
         GradOptions(mode="x")
     with pytest.raises(ValueError, match="beta"):
         relaxed_qk_grads(*(torch.zeros(1, 4, 4) for _ in range(4)), torch.zeros(4), 4, beta=0.0)
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, num_threads=1, grad_mode="relaxed",
-                                                       relax_beta=2.5))
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, grad=dict(mode="relaxed", relax_beta=2.5), runtime=dict(num_threads=1)))
     opts = rosa_layers(model)[0].rosa.grad_options
     assert opts.mode == "relaxed" and opts.relax_beta == 2.5
 
 
 def test_relaxed_training_step_reaches_q_and_k():
     torch.manual_seed(0)
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, global_layers=0, num_threads=1,
-                                                       grad_mode="relaxed"))
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, global_layers=0, grad=dict(mode="relaxed"), runtime=dict(num_threads=1)))
     with torch.no_grad():
         for layer in rosa_layers(model):
             layer.rosa.e1.fill_(0.5)

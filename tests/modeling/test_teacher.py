@@ -25,7 +25,7 @@ def test_hash_bits_are_a_balanced_fixed_function_of_token_and_channel():
 
 def test_teacher_loss_trains_q_symbols_into_the_token_hash():
     torch.manual_seed(0)
-    cfg = RosaConfig(bits=8, window=8, global_layers=0, num_threads=1, rosa_layers=[1], kv_shift=True, qk_tied=True)
+    cfg = RosaConfig(bits=8, window=8, global_layers=0, rosa_layers=[1], inputs=dict(kv_shift=True, qk_tied=True), runtime=dict(num_threads=1))
     model = build_rosa_model(tiny_config(), cfg)
     teacher = HashTeacher(model, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -57,11 +57,11 @@ def test_teacher_loss_trains_q_symbols_into_the_token_hash():
 
 
 def test_teacher_rejects_mismatched_ids_and_models_without_rosa():
-    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, num_threads=1))
+    model = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, runtime=dict(num_threads=1)))
     teacher = HashTeacher(model)
     model(input_ids=torch.zeros(2, 10, dtype=torch.long))
     with pytest.raises(ValueError, match="do not match"):
         teacher.loss(torch.zeros(2, 11, dtype=torch.long))
-    off = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, num_threads=1, rosa_layers=[]))
+    off = build_rosa_model(tiny_config(), RosaConfig(bits=4, window=8, rosa_layers=[], runtime=dict(num_threads=1)))
     with pytest.raises(ValueError, match="no ROSA layer"):
         HashTeacher(off)

@@ -1,4 +1,7 @@
-"""Asynchronous CPU retrieval for ROSA layers (docs/pipeline.md).
+"""Batch retrieval: asynchronous CPU retrieval over whole sequences for ROSA layers (docs/pipeline.md).
+
+The batch implementation of the retrieval seam (``seam.py``): ``submit`` returns a ``RetrievalHandle`` whose
+``result(v_sym)`` is the layer's ``LayerRetrieval``.
 
 Per call: the layer's Q/K symbols (uint8 [B, T, R]) are transposed to [B, R, T] on the device;
 on CUDA a per-layer side stream (created once) waits on the compute stream, copies them into
@@ -13,7 +16,6 @@ every H2D copy that read them earlier has completed.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -24,30 +26,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .symbols import index_dtype
-
-
-def auto_num_threads(local_world_size: int = 1, reserved: int = 1) -> int:
-    """Kernel threads per rank: max(1, usable_cores // local_world_size - reserved) (docs/pipeline.md §3).
-
-    Args:
-        local_world_size: ranks sharing this node's cores.
-        reserved: cores kept for this rank's main thread and DataLoader workers.
-    """
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        usable = os.cpu_count() or 1
-    return max(1, usable // max(1, local_world_size) - reserved)
-
-
-def _default_match_fn() -> Callable:
-    try:
-        from rosa_lightning.retrieval import rosa_match
-    except ImportError as exc:
-        raise ImportError("rosa_lightning.retrieval.rosa_match is not available (build the kernel with "
-                          "`pip install -e .`), or pass match_fn= to RetrievalPipeline") from exc
-    return rosa_match
+from .budget import kernel_threads
+from .indices import index_dtype, values_at
+from .match import rosa_match
+from .seam import LayerRetrieval
 
 
 class _LayerSlot:
@@ -116,7 +98,8 @@ def _run_jobs(jobs: queue.SimpleQueue) -> None:
 
 
 class RetrievalHandle:
-    """A retrieval job in flight; ``wait()`` -> (tau, cf, retrieval_s, wait_s).
+    """A retrieval job in flight: ``result(v_sym)`` -> ``LayerRetrieval`` (the seam), ``wait()`` -> (tau, cf,
+    retrieval_s, wait_s).
 
     tau: int16/int32 [B, R, T] on the symbols' device; cf: same dtype [B, R, NQ, M] or None.
     """
@@ -146,16 +129,23 @@ class RetrievalHandle:
             cf = cf.to(self._device, non_blocking=True) if cf is not None else None
         return tau, cf, retrieval_s, wait_s
 
+    def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
+        """Wait for the job; the V symbols uint8 [B, T, R] of the same layer give ``v_at_tau``."""
+        tau, cf, retrieval_s, wait_s = self.wait()
+        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, retrieval_s=retrieval_s, wait_s=wait_s)
+
 
 class RetrievalPipeline:
     """Owns the retrieval worker thread, per-layer streams and host buffers.
 
     Use as a context manager or call ``start()``/``close()`` explicitly (a Lightning Callback
-    owns one per fit). ``submit`` starts the pipeline lazily.
+    owns one per fit). ``submit`` starts the pipeline lazily. A copy or a pickle is a new, stopped pipeline with
+    the same settings (threads cannot be copied), so a model holding one can be deep-copied and pickled.
 
     Args:
-        num_threads: kernel threads, "auto" (docs/pipeline.md §3 budget) or an int >= 1.
-        local_world_size, reserved_threads: inputs of the "auto" budget.
+        num_threads: kernel threads, "auto" (``budget.kernel_threads``) or an int >= 1.
+        local_world_size, reserved_threads: inputs of the "auto" budget (ranks on the node, cores kept for the
+            rank's main thread).
         match_fn: the retrieval function (default ``rosa_lightning.retrieval.rosa_match``);
             signature of ``rosa_match``.
         wait_timeout_s: the longest ``RetrievalHandle.wait`` blocks before raising ``RetrievalTimeout``
@@ -169,22 +159,16 @@ class RetrievalPipeline:
             raise ValueError(f"wait_timeout_s must be None or a number of seconds > 0, got {wait_timeout_s!r}")
         self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
         self._hung = False
-        if num_threads == "auto":
-            num_threads = auto_num_threads(local_world_size, reserved_threads)
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"num_threads must be 'auto' or an int >= 1, got {num_threads!r}")
-        from rosa_lightning.retrieval.validation import resolve_threads
-
-        self.num_threads = resolve_threads(num_threads)  # fails here, at setup, for a count OpenMP cannot start
-        self._match_fn = match_fn
+        self.num_threads = kernel_threads(num_threads, local_world=local_world_size, cpu_reserved=reserved_threads)
+        self._match_fn = match_fn if match_fn is not None else rosa_match
         self._executor: Optional[_DaemonWorker] = None
         self._slots: dict[tuple, _LayerSlot] = {}
         self._lock = threading.Lock()
 
+    streaming = False  # the seam: whole sequences, not chunks
+
     def start(self) -> "RetrievalPipeline":
         with self._lock:
-            if self._match_fn is None:
-                self._match_fn = _default_match_fn()
             if self._executor is None:
                 self._executor = _DaemonWorker("rosa-retrieval")
         return self
@@ -200,6 +184,15 @@ class RetrievalPipeline:
     @property
     def running(self) -> bool:
         return self._executor is not None
+
+    def __getstate__(self) -> dict:
+        return {"num_threads": self.num_threads, "wait_timeout_s": self.wait_timeout_s, "match_fn": self._match_fn}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["num_threads"], match_fn=state["match_fn"], wait_timeout_s=state["wait_timeout_s"])
+
+    def __deepcopy__(self, memo) -> "RetrievalPipeline":
+        return RetrievalPipeline(self.num_threads, match_fn=self._match_fn, wait_timeout_s=self.wait_timeout_s)
 
     def __enter__(self) -> "RetrievalPipeline":
         return self.start()

@@ -1,4 +1,7 @@
-"""``RosaGenerationCache``: the ROSA state of one ``generate`` call (docs/generation.md §2-§4).
+"""Streaming retrieval: ``RosaGenerationCache``, the ROSA state of one ``generate`` call (docs/generation.md §2-§4).
+
+The streaming implementation of the retrieval seam (``seam.py``): ``submit`` then ``result(v_sym)`` runs one
+``retrieve`` of the layer's new positions.
 
 Per ROSA layer it holds a ``RosaStream`` over [B rows x R routes] (the suffix automata over the
 K-run strings) and the V symbol of every position (to answer ``v_at_tau``); for the token channel
@@ -10,7 +13,8 @@ Protocol of one forward over ``T_new`` new positions:
    token channel over the new ids and returns its outputs (``rosa_token_ids``). Whether this is
    the prefill (first chunk, left padding applied) or a continuation follows from ``length``, the
    number of positions already consumed, never from HF's KV cache object (docs/generation.md §6, failure 3).
-2. ``retrieve(layer_idx, q_sym, k_sym, v_sym)`` once per ROSA layer (called by the layer): one
+2. ``retrieve(layer_idx, q_sym, k_sym, v_sym)`` once per ROSA layer (through the seam's ``submit`` and
+   ``result``): one
    ``scan`` of the layer's stream over the new positions. Prefill is one batched scan of the whole
    prompt; decoding scans chunks of one position. Both give exactly ``rosa_match``'s tau.
 
@@ -19,13 +23,15 @@ indexes the stored V symbols directly.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional, Sequence
 
 import torch
 
-from rosa_lightning.retrieval import RosaStream
-from rosa_lightning.retrieval.tokens import TokenStream
-
+from .budget import kernel_threads
+from .seam import LayerRetrieval
+from .stream import RosaStream
+from .tokens import TokenStream
 from .values import ValueStore
 
 
@@ -76,18 +82,15 @@ class RosaGenerationCache:
         self.length = 0
         self._num_new = 0
 
+    streaming = True  # the seam: positions arrive chunk by chunk
+
     @classmethod
     def for_model(cls, model) -> "RosaGenerationCache":
-        """A cache matching a ``RosaQwen3ForCausalLM`` (its ROSA layers, bits and token channel)."""
-        rosa = model.rosa_runtime.config
-        num_threads = rosa.num_threads
-        if num_threads == "auto":
-            from rosa_lightning.modeling.pipeline import auto_num_threads
-
-            num_threads = auto_num_threads()
+        """A cache matching a ``RosaQwen3ForCausalLM`` (its ROSA layers, bits, token channel and thread setting)."""
+        rosa = model.rosa_config
         return cls(rosa.layers_for(model.config.num_hidden_layers), model.config.hidden_size // rosa.bits,
                    rosa.bits, token_channel=getattr(model, "rosa_token", None) is not None,
-                   num_threads=num_threads)
+                   num_threads=kernel_threads(rosa.runtime.num_threads))
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -153,6 +156,14 @@ class RosaGenerationCache:
         if token_ids is not None:
             kwargs["rosa_token_ids"] = token_ids
         return kwargs
+
+    def submit(self, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int,
+               want_cf: bool = False) -> "_StreamJob":
+        """The seam: the scan runs in ``result(v_sym)``, which needs the layer's V symbols (tau may point at a new
+        position). No counterfactuals are computed (``cf`` is None); a backward through Q/K/V then fails clearly."""
+        if bits != self.bits:
+            raise ValueError(f"layer {layer_idx} retrieves with bits={bits}, but this cache was made for bits={self.bits}")
+        return _StreamJob(self, layer_idx, q_sym, k_sym)
 
     def retrieve(self, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor,
                  v_sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +232,22 @@ class RosaGenerationCache:
                 raise ValueError(f"attention_mask must be 2D [B, past + T_new] with B={batch}, T_new={n}, "
                                  f"got {list(attention_mask.shape)}")
         return int(batch), int(n)
+
+
+class _StreamJob:
+    """``submit``'s result: ``result(v_sym)`` scans the layer's stream and returns tau and v_at_tau on the
+    symbols' device."""
+
+    def __init__(self, cache: RosaGenerationCache, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor) -> None:
+        self._cache, self._layer, self._q, self._k = cache, layer_idx, q_sym, k_sym
+
+    def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
+        t0 = time.perf_counter()
+        tau, v_at_tau = self._cache.retrieve(self._layer, self._q, self._k, v_sym)
+        seconds = time.perf_counter() - t0
+        device = self._q.device
+        return LayerRetrieval(tau=tau.to(device), v_at_tau=v_at_tau.to(device=device, dtype=torch.uint8),
+                              retrieval_s=seconds, wait_s=seconds)
 
 
 def _left_padding(attention_mask: Optional[torch.Tensor], n: int, batch: int) -> torch.Tensor:

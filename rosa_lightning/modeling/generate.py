@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .cache import RosaGenerationCache
+from rosa_lightning.retrieval.streaming import RosaGenerationCache
 
 
 class RosaGenerationMixin:
@@ -31,7 +31,7 @@ class RosaGenerationMixin:
             raise ValueError("generate() streams the token channel itself; do not pass rosa_token_ids")
         config = generation_config if generation_config is not None else self.generation_config
         use_cache = kwargs.get("use_cache", config.use_cache)
-        if self.rosa_runtime.config.enabled and use_cache is not False:
+        if self.rosa_config.enabled and use_cache is not False:
             _check_supported(config, kwargs)
             if rosa_cache is None:
                 rosa_cache = RosaGenerationCache.for_model(self)
