@@ -62,7 +62,7 @@ def check_has_rosa(n_rosa_layers: int, rosa) -> None:
         raise ValueError(f"model.rosa gives no ROSA layer (rosa_layers={rosa.rosa_layers}, global_layers="
                          f"{rosa.global_layers}) and the token channel is off, so there is nothing for ROSA to do; "
                          f"lower model.rosa.global_layers below the number of layers, list model.rosa.rosa_layers, "
-                         f"or set model.rosa.enabled=false for a model without ROSA")
+                         f"or set model.rosa.runtime.enabled=false for a model without ROSA")
 
 
 def check_window_fits(window: Optional[int], n_windowed_layers: int, row_tokens: int) -> None:

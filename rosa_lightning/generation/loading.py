@@ -12,7 +12,7 @@ One entry, ``load_inference_model(cfg)``, reads these keys of a composed config:
 - ``model.init_from`` with ``model.backbone``: a Lightning checkpoint or an adapter loaded into the
   model that ``model`` describes (as training does).
 - only ``model``: a plain Qwen3 (path or hub id) with the window and ROSA settings of ``model.rosa``
-  (``model.rosa.enabled=false`` for the windowed backbone alone, ``model.rosa.window=null`` as well
+  (``model.rosa.runtime.enabled=false`` for the windowed backbone alone, ``model.rosa.window=null`` as well
   for global attention).
 
 The tokenizer comes from ``tokenizer`` when set, else from the model's directory (the merged model, or

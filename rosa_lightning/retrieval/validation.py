@@ -82,7 +82,7 @@ def resolve_threads(num_threads: Optional[int]) -> int:
         raise ValueError(f"num_threads={num_threads} is more than this machine allows for the retrieval kernel "
                          f"({cap}: {THREADS_PER_CORE} per usable core of {usable_cores()}, at least {MIN_THREAD_CAP}, "
                          f"and at most half the system thread limit {system_thread_limit()}); OpenMP would abort "
-                         f"the process near that limit. Use model.rosa.num_threads=auto or a number up to {cap}")
+                         f"the process near that limit. Use model.rosa.runtime.num_threads=auto or a number up to {cap}")
     return int(num_threads)
 
 
