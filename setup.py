@@ -23,6 +23,12 @@ if use_openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
 
+# What only the studies and benchmarks under experiments/ need: their plots and the numba baseline of
+# experiments/retrieval_throughput. The library imports neither (matplotlib only inside the NIAH plot of
+# `python -m rosa_lightning.evaluation.compare`). The test extra includes them: the suite runs the studies'
+# smoke versions.
+STUDIES = ["matplotlib", "numba>=0.60"]
+
 extensions = [
     Extension(
         "rosa_lightning.retrieval._sam",
@@ -65,7 +71,6 @@ setup(
         "datasets>=3.0",
         "tokenizers>=0.20",
         "tqdm",
-        "matplotlib",
         # LongBench scoring: the versions its official per-sample scores are verified with.
         "rouge==1.0.1",
         "fuzzywuzzy==0.18.0",
@@ -74,7 +79,8 @@ setup(
     extras_require={
         # lm-evaluation-harness for the short-context tasks (README "Short-context tasks"); not used by the tests
         "harness": ["lm-eval[hf]>=0.4.13,<0.5"],
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "numba>=0.60", "python-Levenshtein>=0.27"],
+        "studies": STUDIES,
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "python-Levenshtein>=0.27", *STUDIES],
     },
     zip_safe=False,
 )

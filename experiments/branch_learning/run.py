@@ -3,32 +3,31 @@
 Trains MQAR arms (tiny Qwen3, every layer windowed with W = 32, ROSA on every layer, T = 256, 8 pairs, keys and
 values beyond the window, random filler, token channel off): the published reference and option combinations
 (``RosaConfig.kv_shift``, ``qk_tied``, ``center_u``, ``bits``; the study-local ``k_copy_q`` and ``qk_lr_scale``
-ablations). Then runs the finite-difference harness (``rosa_lightning.modeling.finite_diff``) on the best arm's
-trained model and on its untrained init, scoring the published gradient and the named gradient options on the
-same probes. Writes ``results.json``, ``results.md`` (tables) and ``curves.png`` under ``--out``.
+ablations). Then runs the finite-difference probes (``rosa_lightning.modeling.finite_diff``, scored by
+``experiments.harness.statistics``) on the best arm's trained model and on its untrained init, scoring the
+published gradient and the named gradient options on the same probes. Writes ``results.json``, ``results.md``
+(tables) and ``curves.png`` under ``--out``.
 
-    python experiments/branch_learning/run.py                  # every arm + harness (~30 CPU-minutes)
-    python experiments/branch_learning/run.py --arms best --steps 150 --no-harness
+    python -m experiments.branch_learning.run                  # every arm + harness (~30 CPU-minutes)
+    python -m experiments.branch_learning.run --arms best --steps 150 --no-harness
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from learn import Arm, build, make_task, train_arm  # noqa: E402
-
-from rosa_lightning.analysis.runs import check_choices  # noqa: E402
-from rosa_lightning.data.synthetic import SyntheticDataset  # noqa: E402
-from rosa_lightning.modeling import GradOptions, rosa_layers  # noqa: E402
-from rosa_lightning.modeling.finite_diff import (STREAMS, randomize_values, StreamAgreement, estimates,  # noqa: E402
-                                                 finite_differences, logit_grads, sample_probes)
+from experiments.branch_learning.learn import Arm, build, make_task, train_arm
+from experiments.harness.runs import check_choices
+from experiments.harness.statistics import StreamAgreement
+from rosa_lightning.data.synthetic import SyntheticDataset
+from rosa_lightning.modeling import GradOptions, rosa_layers
+from rosa_lightning.modeling.finite_diff import (STREAMS, estimates, finite_differences, logit_grads,
+                                                 randomize_values, sample_probes)
 
 BEST = {"bits": 8, "kv_shift": True, "qk_tied": True}
 ARMS = {

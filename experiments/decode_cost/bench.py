@@ -8,7 +8,7 @@ every layer windowed. Reported: median ms per decoded token (and the part spent 
 retrieval), the KV bytes each layer holds, and the ROSA state (automaton + stored V symbols) per
 (route, token), which also gives a Qwen3-1.7B-shaped estimate (27 ROSA layers x 512 routes).
 
-    python experiments/decode_cost/bench.py [--contexts 1024 4096 16384 65536] [--steps 32]
+    python -m experiments.decode_cost.bench [--contexts 1024 4096 16384 65536] [--steps 32]
 """
 import argparse
 import json

@@ -6,8 +6,8 @@ and window + ROSA (non-zero e0/e1, so the branch really runs). Each sample is a 
 ``rosa_lightning.evaluation.runner.generate_batch``, i.e. ``model.generate`` with the ROSA generation cache:
 one prefill, then one token at a time. Prefill seconds end when the first next-token scores arrive.
 
-    python experiments/eval_throughput/bench.py                                   # tiny shape, CPU
-    python experiments/eval_throughput/bench.py --shape qwen3_0p6b --device cuda --dtype bfloat16 \\
+    python -m experiments.eval_throughput.bench                                   # tiny shape, CPU
+    python -m experiments.eval_throughput.bench --shape qwen3_0p6b --device cuda --dtype bfloat16 \\
         --lengths 4096 16384 32768 --window 2048                                   # on a GPU
 
 Writes ``results/<shape>_<device>.json`` beside this script and prints a markdown table.

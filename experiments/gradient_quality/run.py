@@ -1,6 +1,6 @@
 """How well does the counterfactual gradient of a ROSA layer predict the exact effect of single bits?
 
-Runs the finite-difference harness (``rosa_lightning.modeling.finite_diff``) on a tiny Qwen3 (2 layers, hidden 64,
+Runs the finite-difference probes (``rosa_lightning.modeling.finite_diff``) on a tiny Qwen3 (2 layers, hidden 64,
 every layer windowed, window 32, ROSA on both layers, M = 4, token channel off) over MQAR batches, in two states:
 
 - ``untrained``: random init with e0, e1 ~ N(0, e_scale^2) (at e0 = e1 = 0 every estimate and difference is 0);
@@ -11,7 +11,7 @@ The same probes (single bits at Q-run starts, K-run starts and destination times
 differences are scored against the estimate of every gradient option, so the options differ only in the estimate.
 Writes ``results.json``, ``results.md`` (the table) and ``scatter.png`` under ``--out``.
 
-    python experiments/gradient_quality/run.py
+    python -m experiments.gradient_quality.run
 """
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ import torch
 from torch.nn import functional as F
 from transformers import Qwen3Config
 
+from experiments.harness.statistics import StreamAgreement
 from rosa_lightning.data.synthetic import MQAR, SyntheticDataset
 from rosa_lightning.modeling import GradOptions, RosaConfig, build_rosa_model, rosa_layers
-from rosa_lightning.modeling.finite_diff import (STREAMS, randomize_values, StreamAgreement, estimates, finite_differences,
-                                                 logit_grads, sample_probes)
+from rosa_lightning.modeling.finite_diff import (STREAMS, estimates, finite_differences, logit_grads, randomize_values,
+                                                 sample_probes)
 
 OPTIONS = {
     "reference": GradOptions(),

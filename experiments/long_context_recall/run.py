@@ -1,8 +1,8 @@
 """Long-context recall: global attention vs sliding window vs window + ROSA / token channel, on MQAR (random and
 recurring-key filler) and passkey, trained at L = 256 tokens and evaluated at L, 2L, 4L, 8L.
 
-    python experiments/long_context_recall/run.py            # the full study (about 30 min on 2 CPU cores)
-    python experiments/long_context_recall/run.py --smoke    # seconds-long pipeline check (tests/studies)
+    python -m experiments.long_context_recall.run            # the full study (about 30 min on 2 CPU cores)
+    python -m experiments.long_context_recall.run --smoke    # seconds-long pipeline check (tests/studies)
 
 Every arm is a config, ``conf/experiment/study_recall_<arm>.yaml``, trained through ``train(cfg)`` exactly as
 ``python train.py experiment=study_recall_<arm> <task overrides>`` would; this script only adds the CSV logger,
@@ -15,8 +15,17 @@ import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
+
+import hydra
+import torch
+
+from experiments.harness import runs
+from experiments.harness.diagnostics import grad_norms_on_batch, retrieval_diagnostics
+from experiments.harness.evaluate import accuracy_at_lengths, batches, task_at_length
+from experiments.harness.report import line_panels, markdown_table, write_csv, write_json
+from experiments.harness.runs import Job, check_choices, run_pool, stopwatch
+from rosa_lightning.data.synthetic import SyntheticDataset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -74,14 +83,6 @@ def arm_overrides(task: str, arm: str, s: dict) -> list[str]:
 def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: int, diag_rows: int,
             init_from: str | None = None) -> dict:
     """Train one arm (worker process), then evaluate it at every length; returns the measured figures."""
-    import hydra
-    import torch
-
-    from rosa_lightning.analysis import runs
-    from rosa_lightning.analysis.diagnostics import grad_norms_on_batch, retrieval_diagnostics
-    from rosa_lightning.analysis.evaluate import accuracy_at_lengths, batches, task_at_length
-    from rosa_lightning.data.synthetic import SyntheticDataset
-
     logging.getLogger("lightning").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     experiment = f"study_recall_{SUPPLEMENTARY.get(arm, (arm,))[0]}"
@@ -126,8 +127,6 @@ def run_arm(task: str, arm: str, overrides: list[str], out_dir: str, eval_rows: 
 
 
 def build_jobs(tasks: list[str], s: dict, logs: Path) -> dict:
-    from rosa_lightning.analysis.runs import Job
-
     jobs = {}
     for task in tasks:
         for arm in ARMS[task]:
@@ -177,8 +176,6 @@ def stage_a_end(curves: dict) -> tuple[int | None, float | None]:
 
 
 def write_report(results: dict, summary: dict, tasks: list[str], out: Path, s: dict) -> str:
-    from rosa_lightning.analysis.report import line_panels, markdown_table, write_csv, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     md = []
     csv_rows = []
@@ -249,9 +246,6 @@ def write_report(results: dict, summary: dict, tasks: list[str], out: Path, s: d
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from rosa_lightning.analysis.runs import check_choices, run_pool, stopwatch
-
     tasks = [t for t in args.tasks.split(",") if t]
     check_choices("--tasks", tasks, list(TASKS))
     s = settings(args.smoke)

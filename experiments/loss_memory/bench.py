@@ -6,7 +6,7 @@ a trained backbone or the stage-B head) in ``--dtype``, then the loss of ``rosa_
 growth of the process's peak RSS over the inputs alone (``ru_maxrss``), in MiB, and the loss value (equal
 across paths to float rounding).
 
-    python experiments/loss_memory/bench.py --tokens 4096 --vocab 151936 --hidden 1024 --chunks 0 4096 1024 256
+    python -m experiments.loss_memory.bench --tokens 4096 --vocab 151936 --hidden 1024 --chunks 0 4096 1024 256
 """
 import argparse
 import json

@@ -4,20 +4,17 @@ Prints a markdown table: ns per (route, token) of ``rosa_match`` (one thread, co
 per input pattern, its ratio to the uniform-random cost, the baseline's ns per (route, token) and
 the speed-up, measured side by side in this process; then thread scaling and state bytes.
 
-    .venv/bin/python experiments/retrieval_throughput/bench.py [--T 16384] [--bits 4]
+    python -m experiments.retrieval_throughput.bench [--T 16384] [--bits 4]
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
+from experiments.retrieval_throughput.baseline_numba import baseline_match
 from rosa_lightning.retrieval import RosaStream, rosa_match
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baseline_numba import baseline_match  # noqa: E402
 
 
 def distinct_cycle(period, A, rng):

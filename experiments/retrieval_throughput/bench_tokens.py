@@ -5,7 +5,7 @@ one id, and a random block repeated 8 times. Two kernels side by side in one pro
 shipped one (link-cut tree for latest end positions) and the plain O(depth) latest-end walk of
 docs/retrieval.md §9.2 (the ``_plain`` testing switch). Also reports bytes of streaming state per token.
 
-    python experiments/retrieval_throughput/bench_tokens.py [--T 16384] [--repeats 5]
+    python -m experiments.retrieval_throughput.bench_tokens [--T 16384] [--repeats 5]
 """
 import argparse
 import time

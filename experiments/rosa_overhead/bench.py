@@ -6,7 +6,7 @@
 2. Saved-for-backward bytes of one ROSA branch at Qwen3-1.7B shape (C=2048, M=4, T=16384, B=1,
    bf16), recorded with saved-tensor hooks on the real branch forward, vs the published layout.
 
-Usage: python experiments/rosa_overhead/bench.py [--steps 5] [--seq 2048] [--window 256] [--skip-memory]
+Usage: python -m experiments.rosa_overhead.bench [--steps 5] [--seq 2048] [--window 256] [--skip-memory]
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Real text: perplexity of global attention, sliding window, window + ROSA (and window + token channel) on the
 Python standard library's sources, overall and by token position, on a fixed set of held-out files.
 
-    python experiments/stdlib_perplexity/run.py             # the full study (about 30 min on 2 CPU cores)
-    python experiments/stdlib_perplexity/run.py --smoke     # seconds-long pipeline check (tests/studies)
+    python -m experiments.stdlib_perplexity.run             # the full study (about 30 min on 2 CPU cores)
+    python -m experiments.stdlib_perplexity.run --smoke     # seconds-long pipeline check (tests/studies)
 
 Every arm is a config, ``conf/experiment/study_stdlib_<arm>.yaml``, trained through ``train(cfg)`` exactly as
 ``python train.py experiment=study_stdlib_<arm>`` would; this script adds the CSV logger, one torch thread per
@@ -15,8 +15,17 @@ import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
+
+import hydra
+import torch
+
+from experiments.harness import runs
+from experiments.harness.diagnostics import grad_norms_on_batch, retrieval_diagnostics
+from experiments.harness.evaluate import batches, loss_by_position
+from experiments.harness.report import line_panels, markdown_table, write_csv, write_json
+from experiments.harness.runs import Job, check_choices, run_pool, stopwatch
+from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -55,14 +64,6 @@ def settings(smoke: bool, logs: Path) -> dict:
 def run_arm(arm: str, overrides: list[str], out_dir: str, seq_len: int, window: int,
             max_eval_batches: int | None) -> dict:
     """Train one arm (worker process), then score every held-out row at L and 2L by position."""
-    import hydra
-    import torch
-
-    from rosa_lightning.analysis import runs
-    from rosa_lightning.analysis.diagnostics import grad_norms_on_batch, retrieval_diagnostics
-    from rosa_lightning.analysis.evaluate import batches, loss_by_position
-    from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
-
     logging.getLogger("lightning").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     ov = [*overrides, "logger=csv", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
@@ -95,8 +96,6 @@ def run_arm(arm: str, overrides: list[str], out_dir: str, seq_len: int, window: 
 
 
 def build_jobs(arms: list[str], s: dict, logs: Path) -> dict:
-    from rosa_lightning.analysis.runs import Job
-
     jobs = {}
     for arm in sorted(arms, key=lambda a: a not in ("rosa", "global")):  # the slowest first
         ov = [f"data.seq_len={s['seq_len']}", f"trainer.max_steps={s['steps']}", *s["extra"]]
@@ -129,8 +128,6 @@ def summarize(results: dict, s: dict) -> dict:
 
 
 def write_report(results: dict, summary: dict, s: dict, out: Path) -> str:
-    from rosa_lightning.analysis.report import line_panels, markdown_table, write_csv, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     L, W = s["seq_len"], s["window"]
     bucket_names = list(next(iter(summary.values()))["buckets"])
@@ -190,9 +187,6 @@ def write_report(results: dict, summary: dict, s: dict, out: Path) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from rosa_lightning.analysis.runs import check_choices, run_pool, stopwatch
-
     arms = [a for a in args.arms.split(",") if a]
     check_choices("--arms", arms, ARMS)
     s = settings(args.smoke, args.logs.resolve())

@@ -9,9 +9,9 @@ The counterfactual backward claims ``dL/dz^X[b, t, c] ≈ σ'(z) · fd``, so its
 
     est = (dL/dz^X[b, t, c]) / σ'(z^X[b, t, c]).
 
-``gradient_check`` samples single bits where the estimate is meant to hold and returns, per stream, both values and
-their agreement (Pearson correlation over the probes where either is non-zero, sign agreement where both are, and
-coverage: the fraction of loss-changing bits the estimate sees at all):
+``gradient_check`` samples single bits where the estimate is meant to hold and returns, per stream, both values
+(``StreamProbes``); how well they agree (Pearson correlation, sign agreement, coverage, ...) is scored outside the
+library, by ``experiments/harness/statistics.py``. The probed bits:
 
 - Q: bit j of a route's symbol at a Q-run start u_i (where the counterfactuals are taken, docs/retrieval.md §6);
 - K: bit j at a K-run start s_l (the only times that receive K credit);
@@ -27,7 +27,7 @@ The same forward also gives the *first-order* effect of the flip, ``lin = sum(dL
 over every position of the layer's injection: what any estimate built from the change of the branch output can
 reach at best. Pearson(fd, lin) is the ceiling set by the loss's non-linearity (and by the cascade through later
 ROSA layers); Pearson(est, lin) isolates the error of the counterfactual itself (wrong destinations, missed
-positions). ``StreamAgreement.pearson_ci`` gives a bootstrap interval: a few large probes often dominate.
+positions).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ STREAMS = ("q", "k", "v")
 
 
 @dataclass
-class StreamAgreement:
+class StreamProbes:
     """Probes of one stream: ``fd`` and ``est`` float64 [n], probe coordinates int64 [n, 3] as (b, t, c)."""
 
     stream: str
@@ -57,93 +57,13 @@ class StreamAgreement:
     where: np.ndarray
     first_order: Optional[np.ndarray] = None  # float64 [n]: dL/dinj . (inj_forced - inj), see module doc
 
-    @property
-    def informative(self) -> np.ndarray:
-        """bool [n]: probes where the estimate or the loss difference is non-zero."""
-        return (self.fd != 0) | (self.est != 0)
-
-    @property
-    def pearson(self) -> float:
-        """Pearson correlation of est and fd over the informative probes (NaN with fewer than 3 or no variance)."""
-        return _pearson(self.fd, self.est)
-
-    @property
-    def spearman(self) -> float:
-        """Rank correlation of est and fd over the informative probes (robust to a few dominant probes)."""
-        m = self.informative
-        return _pearson(_ranks(self.fd[m]), _ranks(self.est[m])) if m.sum() >= 3 else float("nan")
-
-    def pearson_ci(self, level: float = 0.9, num_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-        """Percentile bootstrap interval of ``pearson`` (probes resampled with replacement)."""
-        m = np.flatnonzero(self.informative)
-        if len(m) < 3:
-            return float("nan"), float("nan")
-        rng = np.random.default_rng(seed)
-        boots = [_pearson(self.fd[i], self.est[i]) for i in m[rng.integers(0, len(m), size=(num_boot, len(m)))]]
-        boots = np.array([b for b in boots if b == b])
-        if len(boots) == 0:
-            return float("nan"), float("nan")
-        lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-        return float(lo), float(hi)
-
-    @property
-    def ceiling(self) -> float:
-        """Pearson(fd, first_order): how far the loss is from linear in the injection (NaN without first_order)."""
-        return float("nan") if self.first_order is None else _pearson(self.fd, self.first_order)
-
-    @property
-    def est_vs_first_order(self) -> float:
-        """Pearson(est, first_order): the counterfactual's own error, the loss's non-linearity removed."""
-        return float("nan") if self.first_order is None else _pearson(self.first_order, self.est)
-
-    @property
-    def sign_agreement(self) -> float:
-        """Fraction of probes with both values non-zero where sign(est) == sign(fd)."""
-        m = (self.fd != 0) & (self.est != 0)
-        return float(np.mean(np.sign(self.fd[m]) == np.sign(self.est[m]))) if m.any() else float("nan")
-
-    @property
-    def coverage(self) -> float:
-        """Fraction of probes that change the loss (fd != 0) for which the estimate is non-zero."""
-        m = self.fd != 0
-        return float(np.mean(self.est[m] != 0)) if m.any() else float("nan")
-
-    def summary(self) -> Dict[str, float]:
-        lo, hi = self.pearson_ci()
-        out = {"n": int(len(self.fd)), "informative": int(self.informative.sum()), "pearson": self.pearson,
-               "pearson_lo": lo, "pearson_hi": hi, "spearman": self.spearman,
-               "sign_agreement": self.sign_agreement, "coverage": self.coverage}
-        if self.first_order is not None:
-            out.update(ceiling=self.ceiling, est_vs_first_order=self.est_vs_first_order)
-        return out
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation over entries where a or b is non-zero (NaN with fewer than 3 or no variance)."""
-    m = (a != 0) | (b != 0)
-    if m.sum() < 3 or np.std(a[m]) == 0 or np.std(b[m]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[m], b[m])[0, 1])
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), 1-based, as float64."""
-    order = np.argsort(a, kind="stable")
-    ranks = np.empty(len(a))
-    ranks[order] = np.arange(1, len(a) + 1)
-    _, inv = np.unique(a, return_inverse=True)
-    return np.bincount(inv, weights=ranks)[inv] / np.bincount(inv)[inv]
-
 
 @dataclass
 class GradientCheck:
-    """Result of ``gradient_check``: the unforced loss and one ``StreamAgreement`` per probed stream."""
+    """Result of ``gradient_check``: the unforced loss and one ``StreamProbes`` per probed stream."""
 
     loss: float
-    streams: Dict[str, StreamAgreement] = field(default_factory=dict)
-
-    def summary(self) -> Dict[str, Dict[str, float]]:
-        return {name: s.summary() for name, s in self.streams.items()}
+    streams: Dict[str, StreamProbes] = field(default_factory=dict)
 
 
 def randomize_values(model: nn.Module, scale: float = 1.0, seed: int = 0) -> None:
@@ -266,7 +186,7 @@ def _injection_hook(layer: nn.Module, store: Dict[str, torch.Tensor]):
     ``post_attn``: the input of ``post_attention_layernorm``, h = (x + attn) + inj; the branch does not change
     the layer's attention, so a flip changes h exactly by the change of inj. ``pre_attn``: the branch output.
     """
-    if layer.rosa_runtime.config.injection == "post_attn":
+    if layer.rosa_config.injection == "post_attn":
         def keep_h(_mod, args):
             store["inj"] = args[0]
         return layer.post_attention_layernorm.register_forward_pre_hook, keep_h
@@ -360,8 +280,7 @@ def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Mod
         seed: seed of the probe sampler.
         options: gradient options of the estimate; None = the branch's own ``grad_options``.
     Returns:
-        GradientCheck with per-stream fd/est/first-order arrays, Pearson correlation (with a bootstrap interval),
-        Spearman, sign agreement, coverage, and the first-order ceiling.
+        GradientCheck with per-stream fd/est/first-order arrays and the probes' coordinates.
     """
     probes_lg = logit_grads(model, layer, loss_fn)
     probes = sample_probes(probes_lg, num_probes, streams, seed)
@@ -370,5 +289,5 @@ def gradient_check(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Mod
     for x in streams:
         fd, lin = finite_differences(model, layer, loss_fn, probes_lg, x, probes[x], first_order=True)
         est = estimates(probes_lg, grads, x, probes[x])
-        result.streams[x] = StreamAgreement(stream=x, fd=fd, est=est, where=probes[x], first_order=lin)
+        result.streams[x] = StreamProbes(stream=x, fd=fd, est=est, where=probes[x], first_order=lin)
     return result

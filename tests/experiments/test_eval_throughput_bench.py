@@ -1,17 +1,18 @@
-"""Seconds-long run of experiments/eval_throughput/bench.py: every arm and length measured and written."""
+"""Seconds-long run of ``python -m experiments.eval_throughput.bench``: every arm and length measured and written."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "eval_throughput" / "bench.py"
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "experiments.eval_throughput.bench"  # run from the repository root, as its README says
 
 
 def test_eval_throughput_bench_smoke(tmp_path):
     out = tmp_path / "r.json"
-    cmd = [sys.executable, str(SCRIPT), "--lengths", "48", "96", "--new-tokens", "4", "--window", "16",
+    cmd = [sys.executable, "-m", MODULE, "--lengths", "48", "96", "--new-tokens", "4", "--window", "16",
            "--repeats", "1", "--device", "cpu", "--torch-threads", "1", "--out", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["arm"], r["length"]) for r in rows] == [(a, n) for a in ("global", "window", "window+rosa") for n in (48, 96)]

@@ -1,16 +1,17 @@
-"""Seconds-long run of experiments/gradient_quality/run.py: it runs end to end and writes its outputs."""
+"""Seconds-long run of ``python -m experiments.gradient_quality.run``: it runs end to end and writes its outputs."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gradient_quality" / "run.py"
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "experiments.gradient_quality.run"  # run from the repository root, as its README says
 
 
 def test_gradient_quality_study_smoke(tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "--seeds", "1", "--probes", "4", "--train-steps", "2", "--seq-len", "64",
+    cmd = [sys.executable, "-m", MODULE, "--seeds", "1", "--probes", "4", "--train-steps", "2", "--seq-len", "64",
            "--out", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["summary"]) == {"untrained/layer0", "untrained/layer1", "trained/layer0", "trained/layer1"}
     for summary in results["summary"].values():

@@ -1,15 +1,17 @@
-"""Seconds-long run of experiments/loss_memory/bench.py: every path measured, chunked peaks below the full one."""
+"""Seconds-long run of ``python -m experiments.loss_memory.bench``: every path measured, chunked peaks below the
+full one."""
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "loss_memory" / "bench.py"
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "experiments.loss_memory.bench"  # run from the repository root, as its README says
 
 
 def test_loss_memory_bench_smoke():
-    cmd = [sys.executable, str(SCRIPT), "--tokens", "512", "--vocab", "8192", "--hidden", "64", "--dtype", "float32",
+    cmd = [sys.executable, "-m", MODULE, "--tokens", "512", "--vocab", "8192", "--hidden", "64", "--dtype", "float32",
            "--chunks", "0", "64"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| all") or line.startswith("| chunks")]
     assert [r[1].strip() for r in rows] == ["all logits", "chunks of 64"]

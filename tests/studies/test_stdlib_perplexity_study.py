@@ -1,18 +1,19 @@
-"""Seconds-long run of experiments/stdlib_perplexity/run.py --smoke: the arms train on a few stdlib files and are
-scored by position on the held-out ones; results, table and plots are written with sane values."""
+"""Seconds-long run of ``python -m experiments.stdlib_perplexity.run --smoke``: the arms train on a few stdlib files
+and are scored by position on the held-out ones; results, table and plots are written with sane values."""
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "stdlib_perplexity" / "run.py"
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "experiments.stdlib_perplexity.run"  # run from the repository root, as its README says
 
 
 def test_stdlib_perplexity_smoke(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--logs", str(tmp_path / "logs")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", MODULE, "--smoke", "--out", str(out), "--logs", str(tmp_path / "logs")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     summary, runs = results["summary"], results["runs"]

@@ -1,15 +1,16 @@
-"""The study helpers: answer slots of MQAR / passkey, per-layer retrieval statistics, the job pool's
-dependencies, metric curves and tables."""
+"""The studies' harness (``experiments.harness``): answer slots of MQAR / passkey, per-layer retrieval statistics,
+the job pool's dependencies, metric curves and tables, and the agreement statistics of finite-difference probes."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from rosa_lightning.analysis.diagnostics import _layer_stats, answer_sources
-from rosa_lightning.analysis.evaluate import bucket_means, task_at_length
-from rosa_lightning.analysis.report import markdown_table
-from rosa_lightning.analysis.runs import Job, curve, run_pool
+from experiments.harness.diagnostics import _layer_stats, answer_sources
+from experiments.harness.evaluate import bucket_means, task_at_length
+from experiments.harness.report import markdown_table
+from experiments.harness.runs import Job, check_choices, curve, run_pool
+from experiments.harness.statistics import StreamAgreement, pearson, ranks
 from rosa_lightning.data.synthetic import MQAR, Passkey
 
 
@@ -72,8 +73,28 @@ def test_curve_table_buckets_and_task_length():
 
 
 def test_check_choices_names_the_flag_and_the_valid_names():
-    from rosa_lightning.analysis.runs import check_choices
-
     check_choices("--arms", ["a", "b"], ["a", "b", "c"])
     with pytest.raises(SystemExit, match=r"--arms: unknown \['x', 'y'\]; choose from \['a', 'b'\]"):
         check_choices("--arms", ["y", "a", "x"], ["a", "b"])
+
+
+def test_agreement_statistics():
+    rng = np.random.default_rng(0)
+    fd = rng.normal(size=200)
+    s = StreamAgreement("q", fd=fd, est=np.exp(fd), where=np.zeros((200, 3), dtype=np.int64), first_order=2 * fd)
+    assert s.spearman == pytest.approx(1.0)  # monotone, not linear
+    assert 0.5 < s.pearson < 0.95
+    lo, hi = s.pearson_ci()
+    assert lo <= s.pearson <= hi and hi - lo < 0.3
+    assert s.ceiling == pytest.approx(1.0) and s.est_vs_first_order == pytest.approx(s.pearson)
+    ties = StreamAgreement("k", fd=np.array([1.0, 1.0, 2.0, 3.0]), est=np.array([5.0, 5.0, 6.0, 7.0]),
+                           where=np.zeros((4, 3), dtype=np.int64))
+    assert ties.spearman == pytest.approx(1.0) and np.isnan(ties.ceiling)
+    assert set(s.summary()) >= {"pearson_lo", "pearson_hi", "spearman", "ceiling", "est_vs_first_order"}
+
+
+def test_pearson_over_informative_entries_and_average_ranks():
+    a, b = np.array([0.0, 1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, 6.5, 0.0])
+    assert pearson(a, b) == pytest.approx(np.corrcoef(a[1:4], b[1:4])[0, 1])  # both-zero entries are left out
+    assert math.isnan(pearson(a[:3], b[:3]))  # fewer than 3 informative entries
+    assert ranks(np.array([3.0, 1.0, 1.0, 2.0])).tolist() == [4.0, 1.5, 1.5, 3.0]

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from rosa_lightning.analysis.evaluate import batches
+from experiments.harness.evaluate import batches
 from rosa_lightning.modeling import RetrievalPipeline, attach_pipeline, rosa_layers
 
 

@@ -1,0 +1,2 @@
+"""Prefill and decode tokens/s of the evaluation's generation path: global vs window vs window + ROSA
+(README.md in this folder)."""

@@ -1,0 +1,1 @@
+"""Perplexity by position on real text, the Python stdlib sources (README.md in this folder)."""
