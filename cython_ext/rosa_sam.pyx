@@ -17,7 +17,7 @@ Latest end positions e[v] and context steps have two exact implementations per p
 
 * naive: e is updated by a walk from the new state to the root (docs/retrieval.md §3.2, step 5) and a step
   walks suffix links. Cheapest while suffix-link chains are short (random input).
-* link-cut tree (LCT) over the suffix-link tree: extending is one access of the new state plus a
+* link-cut tree (LCT, cython_ext/lct.pxi) over the suffix-link tree: extending is one access of the new state plus a
   lazy "max with pos" tag on the root path (positions only grow, so max equals assignment); a
   clone is an edge subdivision (cut + two links); reading e is a splay. A step from a state walks
   no chain: after accessing the state its root path is one splay tree ordered by depth, and
@@ -83,14 +83,13 @@ cdef enum:
                     # only this record, not transition rows); unused for bits > 4
     INFO_W = 4      # record width: 8 bytes per state with uint16 ids
     MASK_MAX_A = 16 # largest alphabet whose presence mask fits a uint16 field
-    # LCT node record
-    L_FA = 0        # splay parent or path parent, NIL = none
-    L_CH = 1        # L_CH + 0, L_CH + 1: splay children
-    L_TAG = 3       # pending "max with" for the splay subtree, 0 = none
-    LCT_W = 4
-    PUSH_STACK = 64         # path nodes buffered per push-down pass
-    READ_SPLAY_DEPTH = 8
+    # The LCT node value is F_N of the state's record (the naive path reads it there without the tree).
+    LCT_VAL_W = INFO_W
+    LCT_VAL = F_N
     DESCENT_SPLAY_DEPTH = 4
+
+# The link-cut tree (lct_*: node records L[x * LCT_W ...] with L_FA, L_CH, L_TAG; values in I).
+include "lct.pxi"
 
 
 cdef struct Sam:
@@ -233,11 +232,7 @@ cdef inline int32_t new_state(Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t
     I[v * INFO_W + F_N] = n
     I[v * INFO_W + F_MASK] = 0
     if S.lct:
-        L = <idx_t *> S.lctn
-        L[v * LCT_W + L_FA] = <idx_t> -1
-        L[v * LCT_W + L_CH] = <idx_t> -1
-        L[v * LCT_W + L_CH + 1] = <idx_t> -1
-        L[v * LCT_W + L_TAG] = 0
+        lct_node_init(<idx_t *> S.lctn, <idx_t> v, <idx_t> -1)
     return v
 
 
@@ -262,116 +257,7 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     S.work = 0
 
 
-# ---------------------------------------------------------------- link-cut tree (rooted, max tags)
-# Node x's record is L[x * LCT_W ...]; its value (e + 1) is I[x * INFO_W + F_N].
-
-cdef inline bint lct_is_root(idx_t *L, idx_t x) noexcept nogil:
-    cdef idx_t p = L[x * LCT_W + L_FA]
-    return p == <idx_t> -1 or (L[p * LCT_W + L_CH] != x and L[p * LCT_W + L_CH + 1] != x)
-
-
-cdef inline void lct_apply(idx_t *L, idx_t *I, idx_t x, idx_t val) noexcept nogil:
-    if x != <idx_t> -1:
-        if I[x * INFO_W + F_N] < val:
-            I[x * INFO_W + F_N] = val
-        if L[x * LCT_W + L_TAG] < val:
-            L[x * LCT_W + L_TAG] = val
-
-
-cdef inline void lct_push(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    cdef idx_t t = L[x * LCT_W + L_TAG]
-    if t != 0:
-        lct_apply(L, I, L[x * LCT_W + L_CH], t)
-        lct_apply(L, I, L[x * LCT_W + L_CH + 1], t)
-        L[x * LCT_W + L_TAG] = 0
-
-
-cdef inline void lct_rotate(idx_t *L, idx_t x) noexcept nogil:
-    cdef idx_t p = L[x * LCT_W + L_FA]
-    cdef idx_t g = L[p * LCT_W + L_FA]
-    cdef int side = 1 if L[p * LCT_W + L_CH + 1] == x else 0
-    cdef idx_t b = L[x * LCT_W + L_CH + 1 - side]
-    if not lct_is_root(L, p):
-        if L[g * LCT_W + L_CH] == p:
-            L[g * LCT_W + L_CH] = x
-        else:
-            L[g * LCT_W + L_CH + 1] = x
-    L[x * LCT_W + L_FA] = g
-    L[x * LCT_W + L_CH + 1 - side] = p
-    L[p * LCT_W + L_FA] = x
-    L[p * LCT_W + L_CH + side] = b
-    if b != <idx_t> -1:
-        L[b * LCT_W + L_FA] = p
-
-
-cdef void lct_push_path(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    """Push pending tags from x's splay root down to x: one climb recording the path (up to
-    PUSH_STACK nodes; a deeper remainder is pushed first by the same routine), then the pushes
-    top-down."""
-    cdef idx_t stk[PUSH_STACK]
-    cdef int n = 0
-    cdef idx_t y = x, p
-    while True:
-        stk[n] = y
-        n += 1
-        p = L[y * LCT_W + L_FA]
-        if p == <idx_t> -1 or (L[p * LCT_W + L_CH] != y and L[p * LCT_W + L_CH + 1] != y):
-            break
-        if n == PUSH_STACK:
-            lct_push_path(L, I, p)
-            break
-        y = p
-    while n > 0:
-        n -= 1
-        lct_push(L, I, stk[n])
-
-
-cdef void lct_splay(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    cdef idx_t p, g
-    lct_push_path(L, I, x)
-    while not lct_is_root(L, x):
-        p = L[x * LCT_W + L_FA]
-        if not lct_is_root(L, p):
-            g = L[p * LCT_W + L_FA]
-            if (L[g * LCT_W + L_CH] == p) == (L[p * LCT_W + L_CH] == x):
-                lct_rotate(L, p)
-            else:
-                lct_rotate(L, x)
-        lct_rotate(L, x)
-
-
-cdef inline idx_t lct_value(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    """Current e + 1 of node x without restructuring: its stored value raised by the pending tags
-    of its splay ancestors (a tag covers its node's splay subtree). A node deeper than
-    READ_SPLAY_DEPTH is splayed instead, so repeated deep reads stay amortised O(log n)."""
-    cdef idx_t v = I[x * INFO_W + F_N]
-    cdef idx_t y = x, p, t
-    cdef int d = 0
-    while True:
-        p = L[y * LCT_W + L_FA]
-        if p == <idx_t> -1 or (L[p * LCT_W + L_CH] != y and L[p * LCT_W + L_CH + 1] != y):
-            return v
-        t = L[p * LCT_W + L_TAG]
-        if t > v:
-            v = t
-        d += 1
-        if d > READ_SPLAY_DEPTH:
-            lct_splay(L, I, x)
-            return I[x * INFO_W + F_N]
-        y = p
-
-
-cdef void lct_access(idx_t *L, idx_t *I, idx_t x) noexcept nogil:
-    """Make the root-to-x path one splay tree with x at its root and no deeper part."""
-    cdef idx_t below = <idx_t> -1
-    cdef idx_t y = x
-    while y != <idx_t> -1:
-        lct_splay(L, I, y)
-        L[y * LCT_W + L_CH + 1] = below
-        below = y
-        y = L[y * LCT_W + L_FA]
-    lct_splay(L, I, x)
-
+# ---------------------------------------------------------------- link-cut tree (lct.pxi) on the automaton
 
 cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
     """Switch a pair to LCT mode: every suffix link becomes a path-parent pointer. If the LCT
@@ -386,10 +272,7 @@ cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
             return
     L = <idx_t *> S.lctn
     for v in range(S.n_states):
-        L[v * LCT_W + L_FA] = I[v * INFO_W + F_LINK]
-        L[v * LCT_W + L_CH] = <idx_t> -1
-        L[v * LCT_W + L_CH + 1] = <idx_t> -1
-        L[v * LCT_W + L_TAG] = 0
+        lct_node_init(L, <idx_t> v, I[v * INFO_W + F_LINK])
     S.lct = 1
 
 
@@ -403,7 +286,7 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     cdef idx_t NIL = <idx_t> -1
     cdef idx_t cur = <idx_t> new_state(S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
     cdef idx_t v = <idx_t> S.last
-    cdef idx_t w, clone, left
+    cdef idx_t w, clone
     cdef int64_t steps
     while v != NIL and nx[v * A + x] == 0:
         nx[v * A + x] = cur
@@ -418,11 +301,7 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
             I[cur * INFO_W + F_LINK] = w
         else:
             if S.lct:
-                # Cut w from its parent; access(w) also makes e[w] exact.
-                lct_access(L, I, w)
-                left = L[w * LCT_W + L_CH]
-                L[left * LCT_W + L_FA] = NIL
-                L[w * LCT_W + L_CH] = NIL
+                lct_cut(L, I, w)  # also makes e[w] exact
             clone = <idx_t> new_state(S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
                                       I[w * INFO_W + F_N])
             memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))

@@ -8,11 +8,10 @@ open-addressing hash table keyed by (state, token).
 Latest end positions. Every state v carries e[v], the largest end index of its strings. The
 output at t reads e at the suffix link of the new state, then every state on the suffix-link path
 to the root gets e = t. Walking that path is O(depth), i.e. O(T^2) on periodic text. Here the
-suffix-link tree is kept in a link-cut tree instead: "assign t to the root path" is one access
-plus a lazy tag, so every operation costs O(log n) amortised. Because assigned values only grow
-(t increases), a tag is a running maximum: pushing it in any order is exact, and a pending tag
-above a rotation applies to the same node set before and after it, so each rotation only
-needs to push the two nodes it moves. The ``plain`` flag keeps the O(depth) walk for testing.
+suffix-link tree is kept in a link-cut tree instead (cython_ext/lct.pxi, the one the retrieval
+kernel uses; node x is state x, its value e[x] + 1 in ``val``): "assign t to the root path" is one
+access plus a lazy "max with t + 1" tag, so every operation costs O(log n) amortised. The
+``plain`` flag keeps the O(depth) walk for testing.
 
 Only ``rosa_lightning.retrieval.tokens`` imports this module.
 """
@@ -23,20 +22,25 @@ from cython.parallel cimport prange, threadid
 
 import numpy as np
 
+# The link-cut tree (lct.pxi): int32 node ids (state ids), values in an array of their own.
+ctypedef int32_t idx_t
+cdef enum:
+    LCT_VAL_W = 1
+    LCT_VAL = 0
+
+include "lct.pxi"
+
 
 ctypedef struct TokRow:
-    # States s = 0 .. n_states-1, root = 0. The link-cut node of state s is s + 1; node 0 is null.
+    # States s = 0 .. n_states-1, root = 0; state s is node s of the link-cut tree.
     int32_t n_states
     int32_t cap_states
     int32_t last
     int32_t *slen        # [cap_states] longest string length
     int32_t *slink       # [cap_states] suffix link (-1 at the root)
     int32_t *shead       # [cap_states] first outgoing edge, -1 = none
-    int32_t *ch0         # [cap_states+1] link-cut tree: left child (towards the root)
-    int32_t *ch1         # [cap_states+1] right child
-    int32_t *par         # [cap_states+1] splay parent or path parent, 0 = none
-    int32_t *val         # [cap_states+1] latest end position e, -1 = none
-    int32_t *tag         # [cap_states+1] pending running-maximum for the splay subtree, -1 = none
+    int32_t *lct         # [cap_states * LCT_W] link-cut tree node records (lct.pxi)
+    int32_t *val         # [cap_states] e + 1, e = latest end position (0 = none): the node values
     # Edges: transition (esrc --esym--> etgt), chained per source state through enext.
     int32_t n_edges
     int32_t cap_edges
@@ -84,8 +88,7 @@ cdef int _reserve_states(TokRow *r, int64_t n) noexcept nogil:
     if n < 2 * <int64_t> r.cap_states:
         n = 2 * <int64_t> r.cap_states
     if (_grow32(&r.slen, n) or _grow32(&r.slink, n) or _grow32(&r.shead, n)
-            or _grow32(&r.ch0, n + 1) or _grow32(&r.ch1, n + 1) or _grow32(&r.par, n + 1)
-            or _grow32(&r.val, n + 1) or _grow32(&r.tag, n + 1)):
+            or _grow32(&r.lct, n * LCT_W) or _grow32(&r.val, n)):
         return -1
     r.cap_states = <int32_t> n
     return 0
@@ -175,16 +178,8 @@ cdef void _clear(TokRow *r) noexcept nogil:
     r.slen[0] = 0
     r.slink[0] = -1
     r.shead[0] = -1
-    r.ch0[0] = 0
-    r.ch1[0] = 0
-    r.par[0] = 0
-    r.val[0] = -1
-    r.tag[0] = -1
-    r.ch0[1] = 0
-    r.ch1[1] = 0
-    r.par[1] = 0
-    r.val[1] = -1
-    r.tag[1] = -1
+    lct_node_init(r.lct, 0, -1)
+    r.val[0] = 0
     r.n_edges = 0
     memset(r.slot, 0xFF, (r.hmask + 1) * sizeof(int32_t))
     r.n_tok = 0
@@ -212,121 +207,19 @@ cdef int _init(TokRow *r, int64_t n_tok, int plain) noexcept nogil:
 
 cdef void _release(TokRow *r) noexcept nogil:
     free(r.slen); free(r.slink); free(r.shead)
-    free(r.ch0); free(r.ch1); free(r.par); free(r.val); free(r.tag)
+    free(r.lct); free(r.val)
     free(r.esym); free(r.esrc); free(r.etgt); free(r.enext)
     free(r.slot); free(r.tok)
     memset(r, 0, sizeof(TokRow))
 
 
 cdef int64_t _nbytes(TokRow *r) noexcept nogil:
-    return (3 * 4 * <int64_t> r.cap_states + 5 * 4 * (<int64_t> r.cap_states + 1)
+    return ((4 + LCT_W) * 4 * <int64_t> r.cap_states
             + 20 * <int64_t> r.cap_edges + 4 * (r.hmask + 1) + 8 * r.cap_tok)
 
 
 # ---------------------------------------------------------------------------------------------
-# link-cut tree over the suffix-link tree (rooted, no re-rooting), values = latest end positions
-
-
-cdef inline void _apply(TokRow *r, int32_t x, int32_t v) noexcept nogil:
-    if r.val[x] < v:
-        r.val[x] = v
-    if r.tag[x] < v:
-        r.tag[x] = v
-
-
-cdef inline void _push(TokRow *r, int32_t x) noexcept nogil:
-    cdef int32_t v = r.tag[x]
-    if v >= 0:
-        if r.ch0[x]:
-            _apply(r, r.ch0[x], v)
-        if r.ch1[x]:
-            _apply(r, r.ch1[x], v)
-        r.tag[x] = -1
-
-
-cdef inline bint _is_splay_root(TokRow *r, int32_t x) noexcept nogil:
-    cdef int32_t p = r.par[x]
-    return p == 0 or (r.ch0[p] != x and r.ch1[p] != x)
-
-
-cdef inline void _rotate(TokRow *r, int32_t x) noexcept nogil:
-    cdef int32_t p = r.par[x]
-    cdef int32_t g = r.par[p]
-    cdef int32_t b
-    # Only p and x change which nodes lie below them; tags above p cover the same set after.
-    _push(r, p)
-    _push(r, x)
-    if not _is_splay_root(r, p):
-        if r.ch0[g] == p:
-            r.ch0[g] = x
-        else:
-            r.ch1[g] = x
-    r.par[x] = g
-    if r.ch0[p] == x:
-        b = r.ch1[x]
-        r.ch0[p] = b
-        r.ch1[x] = p
-    else:
-        b = r.ch0[x]
-        r.ch1[p] = b
-        r.ch0[x] = p
-    if b:
-        r.par[b] = p
-    r.par[p] = x
-
-
-cdef void _splay(TokRow *r, int32_t x) noexcept nogil:
-    cdef int32_t p, g
-    while not _is_splay_root(r, x):
-        p = r.par[x]
-        if not _is_splay_root(r, p):
-            g = r.par[p]
-            if (r.ch0[g] == p) == (r.ch0[p] == x):
-                _rotate(r, p)
-            else:
-                _rotate(r, x)
-        _rotate(r, x)
-
-
-cdef void _access(TokRow *r, int32_t x) noexcept nogil:
-    """Make the root-to-x path one splay tree with x at its root and nothing below x on it."""
-    cdef int32_t below = 0
-    cdef int32_t y = x
-    while y:
-        _splay(r, y)
-        _push(r, y)
-        r.ch1[y] = below
-        below = y
-        y = r.par[y]
-    _splay(r, x)
-
-
-cdef inline int32_t _read(TokRow *r, int32_t x) noexcept nogil:
-    _splay(r, x)  # every tag above x reaches it on the way up
-    return r.val[x]
-
-
-cdef void _cut(TokRow *r, int32_t x) noexcept nogil:
-    """Detach x (with its subtree) from its parent; x is left a lone splay root."""
-    cdef int32_t left
-    _access(r, x)
-    _push(r, x)
-    left = r.ch0[x]
-    if left:
-        r.par[left] = 0
-        r.ch0[x] = 0
-
-
-# ---------------------------------------------------------------------------------------------
 # the automaton
-
-
-cdef inline void _node_init(TokRow *r, int32_t node, int32_t parent, int32_t value) noexcept nogil:
-    r.ch0[node] = 0
-    r.ch1[node] = 0
-    r.par[node] = parent
-    r.val[node] = value
-    r.tag[node] = -1
 
 
 cdef int64_t _feed(TokRow *r, int64_t x) noexcept nogil:
@@ -335,7 +228,7 @@ cdef int64_t _feed(TokRow *r, int64_t x) noexcept nogil:
     cdef int32_t cur, p, q, clone, match, f, v
     cdef int32_t e = -1
     cdef int64_t at
-    cdef int32_t end
+    cdef int32_t end1
     if _reserve_states(r, <int64_t> r.n_states + 2) or _reserve_tokens(r, t + 1):
         return FEED_NOMEM
     r.tok[t] = x
@@ -345,7 +238,8 @@ cdef int64_t _feed(TokRow *r, int64_t x) noexcept nogil:
     r.n_states += 1
     r.slen[cur] = r.slen[r.last] + 1
     r.shead[cur] = -1
-    _node_init(r, cur + 1, 0, -1)
+    lct_node_init(r.lct, cur, -1)
+    r.val[cur] = 0
 
     p = r.last
     while p != -1:
@@ -376,12 +270,12 @@ cdef int64_t _feed(TokRow *r, int64_t x) noexcept nogil:
                 f = r.enext[f]
             # The clone's end set is q's plus t, so before t is assigned its latest end is q's.
             if r.plain:
-                _node_init(r, clone + 1, 0, r.val[q + 1])
+                lct_node_init(r.lct, clone, -1)
             else:
-                _node_init(r, clone + 1, 0, _read(r, q + 1))
-                _cut(r, q + 1)
-                r.par[clone + 1] = r.slink[q] + 1
-                r.par[q + 1] = clone + 1
+                lct_cut(r.lct, r.val, q)  # q's value is exact after it
+                lct_node_init(r.lct, clone, r.slink[q])
+                r.lct[q * LCT_W + L_FA] = clone
+            r.val[clone] = r.val[q]
             r.slink[q] = clone
             while p != -1:
                 e = r.slot[_find(r, p, x)]
@@ -395,19 +289,19 @@ cdef int64_t _feed(TokRow *r, int64_t x) noexcept nogil:
 
     # Output: the token after the latest earlier end of the longest suffix seen before.
     if r.plain:
-        end = r.val[match + 1]
+        end1 = r.val[match]
         v = cur
         while v != -1:
-            r.val[v + 1] = <int32_t> t
+            r.val[v] = <int32_t> (t + 1)
             v = r.slink[v]
     else:
-        r.par[cur + 1] = match + 1
-        end = _read(r, match + 1) if match != 0 else -1
-        _access(r, cur + 1)
-        _apply(r, cur + 1, <int32_t> t)
+        r.lct[cur * LCT_W + L_FA] = match
+        end1 = lct_value(r.lct, r.val, match) if match != 0 else 0
+        lct_access(r.lct, r.val, cur)
+        lct_apply(r.lct, r.val, cur, <int32_t> (t + 1))
     if match == 0:
         return -1
-    return r.tok[end + 1]
+    return r.tok[end1]  # the token after the latest earlier end e = end1 - 1
 
 
 cdef int _scan_row(TokRow *r, const int64_t *ids, int64_t lo, int64_t hi, int64_t n,
