@@ -142,13 +142,15 @@ class RosaBranch(nn.Module):
         return torch.is_grad_enabled() and (
             u.requires_grad or any(p.requires_grad for p in (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
 
-    def launch(self, u: torch.Tensor, layer_idx: int, retriever: Retriever) -> PendingRetrieval:
+    def launch(self, u: torch.Tensor, layer_idx: int, retriever: Retriever, reuse: bool = False) -> PendingRetrieval:
         """Compute Q/K symbols, submit them to ``retriever``, then compute the V symbols while it runs.
 
         Args:
             u: the normalised layer input [B, T, C].
             layer_idx: the decoder layer's index (the retriever keeps per-layer state and buffers under it).
             retriever: the seam (``rosa_lightning.retrieval.seam.Retriever``).
+            reuse: the layer runs under activation checkpointing and will be recomputed: the retriever keeps this
+                result for the recompute (retrieval runs once per layer and step).
         """
         want_cf = self._needs_cf(u)  # decided outside no_grad
         u_q, u_kv = u, None
@@ -162,7 +164,7 @@ class RosaBranch(nn.Module):
             q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
             dtype = zq.dtype
             del zq, zk
-            job = retriever.submit(layer_idx, q_sym, k_sym, self.bits, want_cf)
+            job = retriever.submit(layer_idx, q_sym, k_sym, self.bits, want_cf, reuse)
             v_sym = pack_symbols(self.v_proj(u_in), self.bits)
         return PendingRetrieval(u=u_q, u_kv=u_kv, v_sym=v_sym, logit_dtype=dtype, job=job)
 
@@ -175,6 +177,6 @@ class RosaBranch(nn.Module):
             pending.u, pending.u_kv, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight,
             self.e0, self.e1, self.out_proj.weight, found, BranchSpec(self.bits, self.grad_options, pending.logit_dtype))
 
-    def forward(self, u: torch.Tensor, layer_idx: int, retriever: Retriever) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, layer_idx: int, retriever: Retriever, reuse: bool = False) -> torch.Tensor:
         """Launch and finish at once (no overlap); used by ``pre_attn`` and tests."""
-        return self.finish(self.launch(u, layer_idx, retriever))
+        return self.finish(self.launch(u, layer_idx, retriever, reuse))

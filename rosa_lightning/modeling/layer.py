@@ -46,14 +46,17 @@ class RosaQwen3DecoderLayer(Qwen3DecoderLayer):
             raise ValueError(f"ROSA layer {self.self_attn.layer_idx} was called without a retriever: call the decoder "
                              f"stack (RosaQwen3Model), which passes its own, or pass rosa_retriever=")
         layer_idx = self.self_attn.layer_idx
+        # Under activation checkpointing the backward recomputes this forward: the retriever keeps the result so
+        # the recompute does not run the kernel again.
+        reuse = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         x = hidden_states
         u = self.input_layernorm(x)
         if cfg.injection == "pre_attn":
             # The branch output enters the stream before attention reads it: no overlap with attention.
-            x = x + self.rosa(u, layer_idx, retriever)
+            x = x + self.rosa(u, layer_idx, retriever, reuse)
             return super().forward(x, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                                    use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
-        pending = self.rosa.launch(u, layer_idx, retriever)
+        pending = self.rosa.launch(u, layer_idx, retriever, reuse)
         attn, _ = self.self_attn(hidden_states=u, attention_mask=attention_mask, position_ids=position_ids,
                                  cache=cache, use_cache=use_cache, position_embeddings=position_embeddings,
                                  **kwargs)

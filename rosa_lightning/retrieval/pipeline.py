@@ -111,8 +111,11 @@ class RetrievalHandle:
         self._layer_key = layer_key
         self._timeout_s = timeout_s
         self._on_timeout = on_timeout
+        self._done: Optional[tuple] = None
 
     def wait(self):
+        if self._done is not None:  # a kept result answered again (activation checkpointing)
+            return self._done
         t0 = time.perf_counter()
         try:
             tau, cf, retrieval_s = self._future.result(self._timeout_s)  # re-raises worker exceptions here
@@ -127,12 +130,40 @@ class RetrievalHandle:
         if self._device.type != "cpu":
             tau = tau.to(self._device, non_blocking=True)
             cf = cf.to(self._device, non_blocking=True) if cf is not None else None
-        return tau, cf, retrieval_s, wait_s
+        self._done = (tau, cf, retrieval_s, wait_s)
+        return self._done
 
     def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
         """Wait for the job; the V symbols uint8 [B, T, R] of the same layer give ``v_at_tau``."""
         tau, cf, retrieval_s, wait_s = self.wait()
         return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, retrieval_s=retrieval_s, wait_s=wait_s)
+
+
+class _KeptResult:
+    """A result kept for the recompute of the same layer under activation checkpointing."""
+
+    def __init__(self, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int, handle: RetrievalHandle) -> None:
+        self.q_sym, self.k_sym, self.bits, self.handle = q_sym, k_sym, bits, handle
+
+    def answers(self, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int) -> bool:
+        """Whether this result is the retrieval of these symbols (tau and cf are functions of them and bits)."""
+        return (bits == self.bits and q_sym.shape == self.q_sym.shape and q_sym.device == self.q_sym.device
+                and torch.equal(q_sym, self.q_sym) and torch.equal(k_sym, self.k_sym))
+
+
+class _ReusedHandle:
+    """A kept result handed out again: no kernel run, no time counted."""
+
+    def __init__(self, handle: RetrievalHandle) -> None:
+        self._handle = handle
+
+    def wait(self):
+        tau, cf, _, _ = self._handle.wait()
+        return tau, cf, 0.0, 0.0
+
+    def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
+        tau, cf, _, _ = self.wait()
+        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf)
 
 
 class RetrievalPipeline:
@@ -163,6 +194,8 @@ class RetrievalPipeline:
         self._match_fn = match_fn if match_fn is not None else rosa_match
         self._executor: Optional[_DaemonWorker] = None
         self._slots: dict[tuple, _LayerSlot] = {}
+        self._kept: dict = {}
+        self.reused = 0  # submits answered from a kept result
         self._lock = threading.Lock()
 
     streaming = False  # the seam: whole sequences, not chunks
@@ -180,6 +213,7 @@ class RetrievalPipeline:
                 self._executor.shutdown(timeout=0.0 if self._hung else None)
                 self._executor = None
             self._slots.clear()
+            self._kept.clear()
 
     @property
     def running(self) -> bool:
@@ -207,11 +241,21 @@ class RetrievalPipeline:
         return slot
 
     def submit(self, layer_key, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int,
-               want_cf: bool) -> RetrievalHandle:
-        """Start retrieval for uint8 symbols [B, T, R] of one layer; returns at once."""
+               want_cf: bool, reuse: bool = False):
+        """Start retrieval for uint8 symbols [B, T, R] of one layer; returns at once.
+
+        ``reuse``: the layer will run again on the same input before its backward (activation checkpointing
+        recomputes it); the result (with counterfactuals) is kept, and the next submit of this layer with the same
+        symbols is answered from it without running the kernel. A kept result is handed out once, so it lives from
+        the layer's forward to its recompute, as autograd's saved indices would without checkpointing.
+        """
         if q_sym.dtype != torch.uint8 or q_sym.shape != k_sym.shape or q_sym.dim() != 3:
             raise ValueError(f"q_sym/k_sym must be uint8 [B, T, R] of equal shape, got "
                              f"{tuple(q_sym.shape)} {q_sym.dtype} and {tuple(k_sym.shape)} {k_sym.dtype}")
+        kept = self._kept.pop(layer_key, None)
+        if kept is not None and kept.answers(q_sym, k_sym, bits):
+            self.reused += 1
+            return _ReusedHandle(kept.handle)
         if not self.running:
             self.start()
         device = q_sym.device
@@ -229,7 +273,10 @@ class RetrievalPipeline:
         else:
             hq, hk = q, k
         future = self._executor.submit(self._work, slot, hq, hk, bits, want_cf)
-        return RetrievalHandle(future, device, layer_key, self.wait_timeout_s, self._mark_hung)
+        handle = RetrievalHandle(future, device, layer_key, self.wait_timeout_s, self._mark_hung)
+        if reuse and want_cf:
+            self._kept[layer_key] = _KeptResult(q_sym, k_sym, bits, handle)
+        return handle
 
     def _mark_hung(self) -> None:
         self._hung = True

@@ -58,4 +58,8 @@ class Retriever(Protocol):
     streaming: bool
 
     def submit(self, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int,
-               want_cf: bool) -> PendingResult: ...
+               want_cf: bool, reuse: bool = False) -> PendingResult:
+        """Start retrieval of one layer's uint8 symbols [B, T, R]. ``want_cf``: compute the counterfactual
+        destinations too (gradients reach Q/K/V). ``reuse``: the same layer will be recomputed on the same input
+        before its backward (activation checkpointing), so a retriever may answer that second submit from this
+        one's result instead of running the kernel again."""

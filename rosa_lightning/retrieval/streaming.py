@@ -158,7 +158,7 @@ class RosaGenerationCache:
         return kwargs
 
     def submit(self, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor, bits: int,
-               want_cf: bool = False) -> "_StreamJob":
+               want_cf: bool = False, reuse: bool = False) -> "_StreamJob":
         """The seam: the scan runs in ``result(v_sym)``, which needs the layer's V symbols (tau may point at a new
         position). No counterfactuals are computed (``cf`` is None); a backward through Q/K/V then fails clearly."""
         if bits != self.bits:

@@ -135,7 +135,7 @@ def test_backward_is_chain_rule_of_the_counterfactual_logit_grads(opts):
     class Pipe:  # synchronous stand-in for the batch retriever (the seam)
         streaming = False
 
-        def submit(self, layer_idx, q, k, bits, want_cf):
+        def submit(self, layer_idx, q, k, bits, want_cf, reuse=False):
             m = rosa_match(q.cpu(), k.cpu(), bits, num_threads=1, want_cf=want_cf)
             return type("H", (), {"result": lambda self_, v: LayerRetrieval(m.tau, values_at(v, m.tau), m.cf)})()
 

@@ -129,7 +129,7 @@ class _FixedCache:
     def __init__(self, tau, v_at_tau):
         self.tau, self.v_at_tau, self.calls = tau, v_at_tau, []
 
-    def submit(self, layer_idx, q_sym, k_sym, bits, want_cf):
+    def submit(self, layer_idx, q_sym, k_sym, bits, want_cf, reuse=False):
         return _FixedJob(self, layer_idx, q_sym)
 
 
