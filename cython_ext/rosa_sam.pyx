@@ -25,8 +25,8 @@ Latest end positions e[v] and context steps have two exact implementations per p
   the deepest ancestor with the transition is found by a descent.
 
 A pair starts naive and converts in place to the LCT (O(states)) once its naive chain work exceeds
-a budget linear in the positions consumed, so the worst case stays O(T log T). ``mode`` forces
-either path, and the MODE_WIDE flag forces int32 ids (used by tests).
+a budget linear in the positions consumed, so the worst case stays O(T log T). ``mode`` (``PathMode``)
+forces either path, and the MODE_WIDE flag forces int32 ids (used by tests).
 
 Only ``rosa_lightning.retrieval._native`` imports this module.
 """
@@ -54,13 +54,17 @@ cdef extern from *:
     bint likely "ROSA_LIKELY"(bint x) noexcept nogil
     bint unlikely "ROSA_UNLIKELY"(bint x) noexcept nogil
 
-cdef enum:
+# The path switches of ``match`` and ``StreamState`` (their ``mode`` argument); also a Python enum of this
+# module, which is where rosa_lightning.retrieval._native takes the values from.
+cpdef enum PathMode:
     MODE_HYBRID = 0
     MODE_NAIVE = 1
     MODE_LCT = 2
-    MODE_PATH_MASK = 3
     # Flag: use int32 state ids even where uint16 ones fit (tests force the wide layout with it).
     MODE_WIDE = 4
+
+cdef enum:
+    MODE_PATH_MASK = 3
     # Naive chain work allowed per consumed position (plus a constant) before switching to the LCT.
     WORK_PER_POS = 24
     WORK_SLACK = 4096

@@ -1,12 +1,13 @@
 """The one module that imports the compiled kernel ``_sam`` (cython_ext/rosa_sam.pyx)."""
 from . import _sam
 
-# Private path switches of the kernel (tests force each path; the default is the hybrid).
-MODE_HYBRID = 0
-MODE_NAIVE = 1
-MODE_LCT = 2
-# Flag (or-ed into a mode): int32 state ids even where uint16 ones fit.
-MODE_WIDE = 4
+# Private path switches of the kernel, defined once in its ``PathMode`` enum (tests force each path; the default
+# is the hybrid). MODE_WIDE is a flag or-ed into a mode: int32 state ids even where uint16 ones fit.
+PathMode = _sam.PathMode
+MODE_HYBRID = PathMode.MODE_HYBRID
+MODE_NAIVE = PathMode.MODE_NAIVE
+MODE_LCT = PathMode.MODE_LCT
+MODE_WIDE = PathMode.MODE_WIDE
 
 gather_queries = _sam.gather_queries
 match = _sam.match
