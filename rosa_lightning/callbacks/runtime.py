@@ -19,6 +19,8 @@ Timing, logged every ``log_every_n_steps`` training steps:
     rosa/retrieval_cpu_s  kernel seconds in the worker thread, summed over the ROSA layers
     rosa/wait_s           main-thread seconds blocked on retrieval results
     rosa/overlap_fraction share of the retrieval time hidden behind other work
+    rosa/deferred_cpu_s   kernel seconds of the deferred counterfactual jobs (defer_counterfactuals)
+    rosa/backward_wait_s  seconds the backward was blocked on them (0 when they kept up)
 """
 from __future__ import annotations
 
@@ -45,11 +47,14 @@ class RetrievalRuntime(L.Callback):
         log_every_n_steps: how often the timing figures are logged.
         wait_timeout_s: the longest a layer waits for its retrieval result before the run ends with an
             error naming the layer (None = forever).
+        defer_counterfactuals: "auto" (defer on accelerators), True or False; see ``RetrievalPipeline``.
     """
 
     def __init__(self, cpu_reserved: int = 1, torch_threads: Union[str, int, None] = "auto",
-                 log_every_n_steps: int = 1, wait_timeout_s: Optional[float] = 600.0) -> None:
+                 log_every_n_steps: int = 1, wait_timeout_s: Optional[float] = 600.0,
+                 defer_counterfactuals: Union[bool, str] = "auto") -> None:
         self.cpu_reserved = int(cpu_reserved)
+        self.defer_counterfactuals = defer_counterfactuals
         self.wait_timeout_s = wait_timeout_s
         self.torch_threads = torch_threads
         self.log_every_n_steps = max(1, int(log_every_n_steps))
@@ -76,7 +81,8 @@ class RetrievalRuntime(L.Callback):
     def _start_executor(self, model: torch.nn.Module, kernel_threads: int) -> Any:
         wanted = model.rosa_config.runtime.num_threads
         executor = RetrievalPipeline(kernel_threads if wanted == "auto" else int(wanted),
-                                     wait_timeout_s=self.wait_timeout_s).start()
+                                     wait_timeout_s=self.wait_timeout_s,
+                                     defer_counterfactuals=self.defer_counterfactuals).start()
         attach_pipeline(model, executor)
         return executor
 
@@ -113,6 +119,8 @@ class RetrievalRuntime(L.Callback):
         values = {"time/data_wait_s": self._data_wait, "time/step_s": step_s,
                   "rosa/retrieval_cpu_s": float(stats["retrieval_cpu_s"]), "rosa/wait_s": float(stats["wait_s"]),
                   "rosa/overlap_fraction": float(stats["overlap_fraction"]),
+                  "rosa/deferred_cpu_s": float(stats["deferred_cpu_s"]),
+                  "rosa/backward_wait_s": float(stats["backward_wait_s"]),
                   "rosa/kernel_threads": float(self.executor.num_threads if self.executor else 0)}
         pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
 

@@ -85,14 +85,21 @@ class RosaTiming:
     retrieval_s: float = 0.0
     wait_s: float = 0.0
     calls: int = 0
+    backward_wait_s: float = 0.0  # backward blocked on deferred counterfactuals
+    deferred_s: float = 0.0       # kernel seconds of the deferred counterfactual jobs
 
     def add(self, retrieval_s: float, wait_s: float) -> None:
         self.retrieval_s += retrieval_s
         self.wait_s += wait_s
         self.calls += 1
 
+    def add_backward_wait(self, wait_s: float, deferred_s: float) -> None:
+        self.backward_wait_s += wait_s
+        self.deferred_s += deferred_s
+
     def reset(self) -> None:
         self.retrieval_s, self.wait_s, self.calls = 0.0, 0.0, 0
+        self.backward_wait_s, self.deferred_s = 0.0, 0.0
 
 
 @dataclass
@@ -172,6 +179,9 @@ class RosaBranch(nn.Module):
         """Wait for retrieval and return the injection y @ Wout^T [B, T, C]."""
         found = pending.job.result(pending.v_sym)
         self.timing.add(found.retrieval_s, found.wait_s)
+        deferred = found.cf_deferred
+        if deferred is not None and deferred.on_wait is None:
+            deferred.on_wait = self.timing.add_backward_wait
         wk = self._k_weight()
         return RosaBranchFunction.apply(
             pending.u, pending.u_kv, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight,

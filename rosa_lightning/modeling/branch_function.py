@@ -65,7 +65,8 @@ class RosaBranchFunction(torch.autograd.Function):
         y = readout(found.tau, found.v_at_tau, e0, e1, spec.bits)
         inj = F.linear(y.to(wout.dtype), wout)
         ctx.spec = spec
-        ctx.has_cf = found.cf is not None
+        ctx.has_cf = found.has_cf
+        ctx.cf_deferred = found.cf_deferred  # computed off the critical path: the backward waits for it
         ctx.has_ukv = u_kv is not None
         cf = found.cf if found.cf is not None else found.tau
         ctx.save_for_backward(u, u_kv if u_kv is not None else u, wq, wk, wv, e0, e1, wout, found.tau, cf,
@@ -94,6 +95,8 @@ class RosaBranchFunction(torch.autograd.Function):
             if not ctx.has_cf:
                 raise RuntimeError("ROSA backward needs counterfactuals: the forward ran without cf "
                                    "(retrieval called with want_cf=False) but Q/K/V require gradients")
+            if ctx.cf_deferred is not None:
+                cf = ctx.cf_deferred.wait()
             grads.update(_projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, ctx.spec, need))
         return tuple(grads.get(name) for name in INPUTS) + (None, None)
 

@@ -303,15 +303,18 @@ def attach_pipeline(model: nn.Module, pipeline: Optional[RetrievalPipeline]) -> 
 def rosa_timing_stats(model: nn.Module, reset: bool = True) -> dict:
     """Summed retrieval timing over all ROSA layers since the last reset.
 
-    Returns: retrieval_cpu_s (kernel time in the worker), wait_s (main thread blocked),
-    overlap_fraction (1 - wait/retrieval: share of retrieval hidden behind other work), calls.
+    Returns: retrieval_cpu_s (kernel time of the forward's jobs in the worker), wait_s (forward blocked),
+    overlap_fraction (1 - wait/retrieval: share of the forward's retrieval hidden behind other work), calls;
+    deferred_cpu_s (kernel time of deferred counterfactual jobs) and backward_wait_s (backward blocked on them).
     """
-    retrieval = wait = 0.0
-    calls = 0
+    sums = dict.fromkeys(("retrieval_s", "wait_s", "calls", "deferred_s", "backward_wait_s"), 0.0)
     for layer in rosa_layers(model):
         t = layer.rosa.timing
-        retrieval, wait, calls = retrieval + t.retrieval_s, wait + t.wait_s, calls + t.calls
+        for key in sums:
+            sums[key] += getattr(t, key)
         if reset:
             t.reset()
+    retrieval, wait = sums["retrieval_s"], sums["wait_s"]
     overlap = max(0.0, min(1.0, 1.0 - wait / retrieval)) if retrieval > 0 else 0.0
-    return {"retrieval_cpu_s": retrieval, "wait_s": wait, "overlap_fraction": overlap, "calls": calls}
+    return {"retrieval_cpu_s": retrieval, "wait_s": wait, "overlap_fraction": overlap, "calls": int(sums["calls"]),
+            "deferred_cpu_s": sums["deferred_s"], "backward_wait_s": sums["backward_wait_s"]}

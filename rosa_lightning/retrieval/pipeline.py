@@ -16,10 +16,8 @@ every H2D copy that read them earlier has completed.
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
-import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Optional, Union
@@ -30,6 +28,7 @@ from .budget import kernel_threads
 from .indices import index_dtype, values_at
 from .match import rosa_match
 from .seam import LayerRetrieval
+from .worker import CRITICAL, DEFERRED, DaemonWorker
 
 
 class _LayerSlot:
@@ -40,6 +39,7 @@ class _LayerSlot:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.event = torch.cuda.Event() if self.cuda else None
         self._host: dict[str, torch.Tensor] = {}
+        self.pending_cf: Optional["DeferredCf"] = None  # the last deferred job, which reads the q/k buffers
 
     def host(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """A host tensor of ``shape`` (pinned on CUDA) backed by a buffer that grows on demand."""
@@ -57,75 +57,74 @@ class RetrievalTimeout(TimeoutError):
     """A retrieval job that did not finish within the pipeline's ``wait_timeout_s``."""
 
 
-class _DaemonWorker:
-    """One daemon thread that runs submitted calls in order.
+def _await(future: Future, timeout_s: Optional[float], layer_key, on_timeout: Optional[Callable[[], None]]):
+    """``future.result`` with the pipeline's timeout, re-raising worker exceptions here."""
+    try:
+        return future.result(timeout_s)
+    except FutureTimeout:
+        if on_timeout is not None:
+            on_timeout()
+        raise RetrievalTimeout(
+            f"the CPU retrieval job of ROSA layer {layer_key} did not finish within {timeout_s:g} s "
+            f"(callbacks.retrieval_runtime.wait_timeout_s): the retrieval kernel hangs or gets no CPU time. "
+            f"Raise the timeout if one layer's retrieval legitimately takes longer") from None
 
-    Unlike ``ThreadPoolExecutor``'s workers it does not keep the interpreter alive at exit, so a job
-    stuck in the kernel (which cannot be interrupted) cannot keep the process alive after the timeout
-    error has ended the run. Like them, the thread ends when its owner is garbage-collected without
-    ``shutdown`` (a model's lazily created pipeline): the thread holds only the job queue, and a
-    finalizer queues the stop marker.
+
+class DeferredCf:
+    """The counterfactual destinations of one layer, computed by a deferred job (``seam.DeferredCounterfactuals``).
+
+    ``wait()`` blocks until the job is done, then returns cf on the layer's device and tells ``on_wait`` (set by
+    the branch) the seconds it blocked and the job's kernel seconds (``retrieval_s``).
     """
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=_run_jobs, args=(self._jobs,), name=name, daemon=True)
-        self._thread.start()
-        weakref.finalize(self, self._jobs.put, None)
+    def __init__(self, future: Future, device: torch.device, layer_key, timeout_s, on_timeout) -> None:
+        self._future, self._device, self._key = future, device, layer_key
+        self._timeout_s, self._on_timeout = timeout_s, on_timeout
+        self._cf: Optional[torch.Tensor] = None
+        self.retrieval_s = 0.0
+        self.on_wait: Optional[Callable[[float], None]] = None
 
-    def submit(self, fn: Callable, *args) -> Future:
-        future: Future = Future()
-        self._jobs.put((future, fn, args))
-        return future
+    def done(self) -> bool:
+        return self._future.done()
 
-    def shutdown(self, timeout: Optional[float]) -> None:
-        """Stop after the queued jobs; wait up to ``timeout`` seconds (None = until done)."""
-        self._jobs.put(None)
-        self._thread.join(timeout)
+    def join(self) -> None:
+        """Wait for the job without fetching its result (nothing is timed or copied)."""
+        _await(self._future, self._timeout_s, self._key, self._on_timeout)
 
-
-def _run_jobs(jobs: queue.SimpleQueue) -> None:
-    """The worker loop: run queued ``(future, fn, args)`` in order until the stop marker (None)."""
-    while (job := jobs.get()) is not None:
-        future, fn, args = job
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # handed to the waiting thread, which re-raises it
-            future.set_exception(exc)
-        del job, future, fn, args  # hold nothing of a finished job while waiting for the next
+    def wait(self) -> torch.Tensor:
+        if self._cf is None:
+            t0 = time.perf_counter()
+            _, cf, self.retrieval_s = _await(self._future, self._timeout_s, self._key, self._on_timeout)
+            waited = time.perf_counter() - t0
+            self._cf = cf.to(self._device, non_blocking=True) if self._device.type != "cpu" else cf
+            if self.on_wait is not None:
+                self.on_wait(waited, self.retrieval_s)
+        return self._cf
 
 
 class RetrievalHandle:
     """A retrieval job in flight: ``result(v_sym)`` -> ``LayerRetrieval`` (the seam), ``wait()`` -> (tau, cf,
     retrieval_s, wait_s).
 
-    tau: int16/int32 [B, R, T] on the symbols' device; cf: same dtype [B, R, NQ, M] or None.
+    tau: int16/int32 [B, R, T] on the symbols' device; cf: same dtype [B, R, NQ, M], or None when not asked for or
+    deferred (then ``cf_deferred`` holds them).
     """
 
     def __init__(self, future: Future, device: torch.device, layer_key=None, timeout_s: Optional[float] = None,
-                 on_timeout: Optional[Callable[[], None]] = None) -> None:
+                 on_timeout: Optional[Callable[[], None]] = None, cf_deferred: Optional[DeferredCf] = None) -> None:
         self._future = future
         self._device = device
         self._layer_key = layer_key
         self._timeout_s = timeout_s
         self._on_timeout = on_timeout
+        self.cf_deferred = cf_deferred
         self._done: Optional[tuple] = None
 
     def wait(self):
         if self._done is not None:  # a kept result answered again (activation checkpointing)
             return self._done
         t0 = time.perf_counter()
-        try:
-            tau, cf, retrieval_s = self._future.result(self._timeout_s)  # re-raises worker exceptions here
-        except FutureTimeout:
-            if self._on_timeout is not None:
-                self._on_timeout()
-            raise RetrievalTimeout(
-                f"the CPU retrieval job of ROSA layer {self._layer_key} did not finish within {self._timeout_s:g} s "
-                f"(callbacks.retrieval_runtime.wait_timeout_s): the retrieval kernel hangs or gets no CPU time. "
-                f"Raise the timeout if one layer's retrieval legitimately takes longer") from None
+        tau, cf, retrieval_s = _await(self._future, self._timeout_s, self._layer_key, self._on_timeout)
         wait_s = time.perf_counter() - t0
         if self._device.type != "cpu":
             tau = tau.to(self._device, non_blocking=True)
@@ -136,7 +135,8 @@ class RetrievalHandle:
     def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
         """Wait for the job; the V symbols uint8 [B, T, R] of the same layer give ``v_at_tau``."""
         tau, cf, retrieval_s, wait_s = self.wait()
-        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, retrieval_s=retrieval_s, wait_s=wait_s)
+        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, retrieval_s=retrieval_s, wait_s=wait_s,
+                              cf_deferred=self.cf_deferred)
 
 
 class _KeptResult:
@@ -163,7 +163,7 @@ class _ReusedHandle:
 
     def result(self, v_sym: torch.Tensor) -> LayerRetrieval:
         tau, cf, _, _ = self.wait()
-        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf)
+        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, cf_deferred=self._handle.cf_deferred)
 
 
 class RetrievalPipeline:
@@ -181,18 +181,27 @@ class RetrievalPipeline:
             signature of ``rosa_match``.
         wait_timeout_s: the longest ``RetrievalHandle.wait`` blocks before raising ``RetrievalTimeout``
             (None = forever).
+        defer_counterfactuals: compute the counterfactual destinations in a second, lower-priority job, so a
+            layer's forward waits only for tau and its backward for the rest (docs/pipeline.md §4). "auto" (the
+            default) defers on accelerators, where the CPU is otherwise idle in the backward, and not on CPU
+            ranks, whose cores the backward uses; True / False force it. Results are identical either way; the
+            deferred job runs the kernel once more (it recomputes tau), so deferral costs CPU time.
     """
 
     def __init__(self, num_threads: Union[str, int] = "auto", *, local_world_size: int = 1,
                  reserved_threads: int = 1, match_fn: Optional[Callable] = None,
-                 wait_timeout_s: Optional[float] = 600.0) -> None:
+                 wait_timeout_s: Optional[float] = 600.0,
+                 defer_counterfactuals: Union[bool, str] = "auto") -> None:
         if wait_timeout_s is not None and (isinstance(wait_timeout_s, bool) or not wait_timeout_s > 0):
             raise ValueError(f"wait_timeout_s must be None or a number of seconds > 0, got {wait_timeout_s!r}")
         self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
+        if defer_counterfactuals not in (True, False, "auto"):
+            raise ValueError(f"defer_counterfactuals must be True, False or 'auto', got {defer_counterfactuals!r}")
+        self.defer_counterfactuals = defer_counterfactuals
         self._hung = False
         self.num_threads = kernel_threads(num_threads, local_world=local_world_size, cpu_reserved=reserved_threads)
         self._match_fn = match_fn if match_fn is not None else rosa_match
-        self._executor: Optional[_DaemonWorker] = None
+        self._executor: Optional[DaemonWorker] = None
         self._slots: dict[tuple, _LayerSlot] = {}
         self._kept: dict = {}
         self.reused = 0  # submits answered from a kept result
@@ -203,7 +212,7 @@ class RetrievalPipeline:
     def start(self) -> "RetrievalPipeline":
         with self._lock:
             if self._executor is None:
-                self._executor = _DaemonWorker("rosa-retrieval")
+                self._executor = DaemonWorker("rosa-retrieval")
         return self
 
     def close(self) -> None:
@@ -220,13 +229,20 @@ class RetrievalPipeline:
         return self._executor is not None
 
     def __getstate__(self) -> dict:
-        return {"num_threads": self.num_threads, "wait_timeout_s": self.wait_timeout_s, "match_fn": self._match_fn}
+        return {"num_threads": self.num_threads, "wait_timeout_s": self.wait_timeout_s, "match_fn": self._match_fn,
+                "defer_counterfactuals": self.defer_counterfactuals}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["num_threads"], match_fn=state["match_fn"], wait_timeout_s=state["wait_timeout_s"])
+        self.__init__(state["num_threads"], match_fn=state["match_fn"], wait_timeout_s=state["wait_timeout_s"],
+                      defer_counterfactuals=state.get("defer_counterfactuals", "auto"))
 
     def __deepcopy__(self, memo) -> "RetrievalPipeline":
-        return RetrievalPipeline(self.num_threads, match_fn=self._match_fn, wait_timeout_s=self.wait_timeout_s)
+        return RetrievalPipeline(self.num_threads, match_fn=self._match_fn, wait_timeout_s=self.wait_timeout_s,
+                                 defer_counterfactuals=self.defer_counterfactuals)
+
+    def defers(self, device: torch.device) -> bool:
+        """Whether counterfactuals of layers on ``device`` are computed by a deferred job."""
+        return self.defer_counterfactuals is True or (self.defer_counterfactuals == "auto" and device.type != "cpu")
 
     def __enter__(self) -> "RetrievalPipeline":
         return self.start()
@@ -260,6 +276,11 @@ class RetrievalPipeline:
             self.start()
         device = q_sym.device
         slot = self._slot(layer_key, device)
+        if slot.pending_cf is not None and not slot.pending_cf.done():
+            # the layer's previous deferred job still reads the host buffers about to be refilled (its backward
+            # never ran, e.g. a forward under autograd that was not backpropagated): let it finish first
+            slot.pending_cf.join()
+        slot.pending_cf = None
         q = q_sym.transpose(1, 2).contiguous()  # [B, R, T]: each pair contiguous
         k = k_sym.transpose(1, 2).contiguous()
         if slot.cuda:
@@ -272,8 +293,14 @@ class RetrievalPipeline:
             k.record_stream(slot.stream)
         else:
             hq, hk = q, k
-        future = self._executor.submit(self._work, slot, hq, hk, bits, want_cf)
-        handle = RetrievalHandle(future, device, layer_key, self.wait_timeout_s, self._mark_hung)
+        deferred = None
+        if want_cf and self.defers(device):
+            future = self._executor.submit(self._work, slot, hq, hk, bits, False, priority=CRITICAL)
+            cf_future = self._executor.submit(self._work_cf, slot, hq, hk, bits, priority=DEFERRED)
+            deferred = slot.pending_cf = DeferredCf(cf_future, device, layer_key, self.wait_timeout_s, self._mark_hung)
+        else:
+            future = self._executor.submit(self._work, slot, hq, hk, bits, want_cf, priority=CRITICAL)
+        handle = RetrievalHandle(future, device, layer_key, self.wait_timeout_s, self._mark_hung, deferred)
         if reuse and want_cf:
             self._kept[layer_key] = _KeptResult(q_sym, k_sym, bits, handle)
         return handle
@@ -292,6 +319,16 @@ class RetrievalPipeline:
         tau = self._narrow(slot, "tau", match.tau, dt)
         cf = self._narrow(slot, "cf", match.cf, dt) if want_cf else None
         return tau, cf, time.perf_counter() - t0
+
+    def _work_cf(self, slot: _LayerSlot, q: torch.Tensor, k: torch.Tensor, bits: int):
+        """Worker thread, deferred job: the counterfactual destinations (the kernel computes tau again; it is not
+        written anywhere, so the tau already handed out stays untouched)."""
+        if slot.event is not None:
+            slot.event.synchronize()
+        t0 = time.perf_counter()
+        match = self._match_fn(q, k, bits, self.num_threads, want_cf=True, layout="BRT")
+        cf = self._narrow(slot, "cf", match.cf, index_dtype(match.tau.shape[-1]))
+        return None, cf, time.perf_counter() - t0
 
     @staticmethod
     def _narrow(slot: _LayerSlot, name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

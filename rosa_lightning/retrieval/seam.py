@@ -16,9 +16,19 @@ Both return the same tau as ``rosa_match`` over the whole sequence (docs/retriev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
+
+
+class DeferredCounterfactuals(Protocol):
+    """Counterfactual destinations computed off the critical path: ``wait()`` returns them (on the layer's
+    device) once they are ready; ``on_wait(blocked_s, kernel_s)``, when set, is told on the first ``wait`` how long
+    it blocked and how long the deferred job ran."""
+
+    on_wait: Optional[Callable[[float, float], None]]
+
+    def wait(self) -> torch.Tensor: ...
 
 
 @dataclass
@@ -29,7 +39,9 @@ class LayerRetrieval:
         tau: int16/int32 [B, R, T] destination times, -1 = none.
         v_at_tau: uint8 [B, R, T], the V symbol at tau (0 where tau = -1).
         cf: int16/int32 [B, R, NQ, M] flipped-bit destinations per Q-run (docs/gradients.md §1), or None when they
-            were not asked for.
+            were not asked for or are deferred.
+        cf_deferred: the counterfactual destinations when they are computed off the critical path (the layer's
+            backward waits for them), else None.
         retrieval_s: seconds the kernel ran for this job.
         wait_s: seconds the layer was blocked in ``result``.
     """
@@ -39,6 +51,15 @@ class LayerRetrieval:
     cf: Optional[torch.Tensor] = None
     retrieval_s: float = 0.0
     wait_s: float = 0.0
+    cf_deferred: Optional[DeferredCounterfactuals] = None
+
+    @property
+    def has_cf(self) -> bool:
+        return self.cf is not None or self.cf_deferred is not None
+
+    def counterfactuals(self) -> Optional[torch.Tensor]:
+        """The counterfactual destinations, waiting for deferred ones; None when they were not asked for."""
+        return self.cf if self.cf_deferred is None else self.cf_deferred.wait()
 
 
 class PendingResult(Protocol):
