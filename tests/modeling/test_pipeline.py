@@ -98,3 +98,24 @@ def test_cuda_path_matches_cpu(cfg, ids):  # pragma: no cover - run on accelerat
     out = model(ids.cuda(), labels=ids.cuda())
     out.loss.backward()
     torch.testing.assert_close(out.logits.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("defer", [False, True])
+def test_cuda_gradients_match_cpu(cfg, ids, defer):  # pragma: no cover - run on accelerator machines
+    """Pinned buffers, side streams, events, non-blocking copies and deferred counterfactuals on CUDA give the CPU
+    path's gradients (float tolerance: the matmuls differ between devices)."""
+    grads = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = build_rosa_model(cfg, RosaConfig(window=16)).to(device)
+        randomize_values(model)
+        pipe = RetrievalPipeline(1, defer_counterfactuals=defer if device == "cuda" else False).start()
+        attach_pipeline(model, pipe)
+        try:
+            model(ids.to(device), labels=ids.to(device)).loss.backward()
+        finally:
+            pipe.close()
+        grads[device] = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
+    for name, g in grads["cpu"].items():
+        torch.testing.assert_close(grads["cuda"][name], g, atol=1e-4, rtol=1e-3, msg=name)
