@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
+
+from rosa_lightning.callbacks.progress import CompactProgressBar
+from rosa_lightning.callbacks.report import RunReport, finished_run_message, output_files, summary_lines
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -40,7 +46,7 @@ def finish_loggers(loggers: list) -> None:
             lg.finalize("success")
         finally:
             if type(lg).__name__ == "WandbLogger":
-                import wandb
+                import wandb  # only with a W&B logger, which has imported it already
 
                 if wandb.run is not None:
                     wandb.finish()
@@ -67,11 +73,6 @@ def single_console_output() -> None:
 
 def run_callbacks(cfg: DictConfig, callbacks: list) -> tuple[list, Any]:
     """``callbacks`` plus the run report and, unless one was configured, the 80-column progress bar."""
-    from lightning.pytorch.callbacks import ProgressBar
-
-    from rosa_lightning.callbacks.progress import CompactProgressBar
-    from rosa_lightning.callbacks.report import RunReport
-
     report = RunReport()
     extra = [report]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -82,8 +83,6 @@ def run_callbacks(cfg: DictConfig, callbacks: list) -> tuple[list, Any]:
 def with_metrics_csv(loggers: list, output_dir: str) -> list:
     """``loggers`` plus a CSV logger (``<output_dir>/csv/version_0/metrics.csv``) unless one is there:
     every run keeps a human-readable table of its metrics, whatever the logger."""
-    from lightning.pytorch.loggers import CSVLogger
-
     if any(isinstance(lg, CSVLogger) for lg in loggers):
         return loggers
     return loggers + [CSVLogger(save_dir=output_dir, name="csv")]
@@ -91,10 +90,6 @@ def with_metrics_csv(loggers: list, output_dir: str) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit the model described by ``cfg``; returns (metrics, objects by name)."""
-    import lightning as L
-
-    from rosa_lightning.callbacks.report import finished_run_message, output_files, summary_lines
-
     single_console_output()
     L.seed_everything(cfg.seed, workers=True)
     log.info("instantiating datamodule <%s>", cfg.data._target_)

@@ -8,7 +8,10 @@ from typing import Any, Optional
 
 import lightning as L
 
+from rosa_lightning.data.loading import backbone_reference, load_tokenizer
 from rosa_lightning.fileio import atomic_write_dir, remove_stale_temps
+from rosa_lightning.modeling import save_adapter
+from rosa_lightning.modeling.integrity import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ class AdapterExport(L.Callback):
             log.info("removed %s, a temporary file left by an export that no longer runs", path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from rosa_lightning.modeling import save_adapter
-
         self.final_checkpoint = save_final_checkpoint(trainer)
         if not trainer.is_global_zero:
             return
@@ -84,8 +85,6 @@ def save_final_checkpoint(trainer: L.Trainer) -> Optional[Path]:
 def run_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
     """The tokenizer of the run: the data source's (when it loaded one), else the backbone's, else None
     (a backbone built from a config, on synthetic data, has none)."""
-    from rosa_lightning.data.loading import backbone_reference, load_tokenizer
-
     source = getattr(getattr(trainer, "datamodule", None), "source", None)
     tok = getattr(source, "tokenizer", None)
     if hasattr(tok, "save_pretrained"):
@@ -103,8 +102,6 @@ def run_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
 def save_merged_model(model: Any, path: str, tokenizer: Any = None) -> Path:
     """``model.save_pretrained`` (plus ``tokenizer.save_pretrained``) into ``path``, atomically; NaN/inf
     weights are refused before anything is written."""
-    from rosa_lightning.modeling.integrity import check_finite
-
     check_finite(model.state_dict().items(), f"the merged model {path}")
 
     def write(tmp: Path) -> None:

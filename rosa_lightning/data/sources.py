@@ -18,7 +18,10 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
+from rosa_lightning.data.loading import load_hf_split, load_tokenizer
+from rosa_lightning.data.packing import BadRecord, pack_batch, tokenize_batch
 from rosa_lightning.data.synthetic import SyntheticDataset
+from rosa_lightning.data.validation import DataError, find_bad_json_record
 
 
 class SyntheticSource:
@@ -82,8 +85,6 @@ class HFTextSource:
         self.map_batch_size = int(map_batch_size)
 
     def build(self, seed: int) -> tuple[Dataset, Dataset]:
-        from rosa_lightning.data.loading import load_hf_split
-
         train_docs = load_hf_split(self.path, self.split, self.name, text_field=self.text_field)
         if self.max_documents is not None:
             train_docs = train_docs.select(range(min(self.max_documents, len(train_docs))))
@@ -100,8 +101,6 @@ class HFTextSource:
         return PackedRows(train), PackedRows(val)
 
     def _pack(self, docs):
-        from rosa_lightning.data.packing import pack_batch
-
         if len(docs) == 0:
             raise ValueError(f"data source {self.path!r} (split {self.split!r}) has no documents")
         if "input_ids" not in docs.column_names:
@@ -119,9 +118,6 @@ class HFTextSource:
         return rows
 
     def _tokenize(self, docs):
-        from rosa_lightning.data.packing import BadRecord, tokenize_batch
-        from rosa_lightning.data.validation import DataError, find_bad_json_record
-
         try:
             return docs.map(tokenize_batch, batched=True, batch_size=self.map_batch_size, with_indices=True,
                             fn_kwargs={"tokenizer": self._tokenizer(), "text_field": self.text_field},
@@ -133,8 +129,6 @@ class HFTextSource:
             raise DataError(f"data source {self.path!r}: {where or exc}") from exc
 
     def _tokenizer(self):
-        from rosa_lightning.data.loading import load_tokenizer
-
         if self.tokenizer is None:
             raise ValueError("HFTextSource needs a tokenizer (data.source.tokenizer) for a dataset of raw text")
         if not hasattr(self.tokenizer, "eos_token_id"):  # a reference, not a tokenizer object

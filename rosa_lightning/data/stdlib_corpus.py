@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rosa_lightning.fileio import atomic_write
+
 EOT = "<|endoftext|>"
 SPLITS = ("train", "val")
 
@@ -92,8 +94,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, path: Optional[Path] 
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if path is not None:
-        from rosa_lightning.fileio import atomic_write
-
         atomic_write(path, lambda tmp: tok.save(str(tmp)))
     return tok
 

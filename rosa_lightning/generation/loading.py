@@ -20,6 +20,7 @@ the backbone of the run or of ``model.backbone``).
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rosa_lightning.data.loading import backbone_reference, load_tokenizer
 from rosa_lightning.lit_module import build_model, load_initial_weights
-from rosa_lightning.modeling import RosaConfig, RosaQwen3ForCausalLM, load_adapter, read_adapter_config
+from rosa_lightning.modeling import (RosaConfig, RosaQwen3ForCausalLM, load_adapter, read_adapter_config,
+                                     read_adapter_metadata)
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -124,8 +126,6 @@ def _from_merged(path: Path, m: DictConfig) -> tuple[torch.nn.Module, ModelSourc
 
 
 def _from_adapter(adapter: Path, m: DictConfig) -> tuple[torch.nn.Module, ModelSource]:
-    from rosa_lightning.modeling.adapters import read_adapter_metadata
-
     meta = read_adapter_metadata(adapter)
     ref = backbone_reference(_plain(m.backbone))
     if meta.get("backbone_trained"):
@@ -185,8 +185,6 @@ def _existing(path: str, key: str) -> Path:
 
 def _is_merged_rosa(ref: str) -> bool:
     """True when ``ref`` is a local directory holding a merged ROSA model (``config.json`` with ``rosa``)."""
-    import json
-
     config = Path(ref).expanduser() / "config.json"
     return config.is_file() and "rosa" in json.loads(config.read_text(encoding="utf-8"))
 
