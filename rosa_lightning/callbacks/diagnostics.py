@@ -11,14 +11,14 @@ from typing import Any
 import lightning as L
 import torch
 
+from rosa_lightning.modeling import rosa_layers
+
 STREAMS = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "e0": "e0", "e1": "e1",
            "out": "out_proj.weight"}
 
 
 def rosa_grad_norms(model: torch.nn.Module) -> dict[str, float]:
     """L2 norms of the current ``.grad`` of every ROSA layer's parameters (0.0 where a grad is None)."""
-    from rosa_lightning.modeling import rosa_layers
-
     out: dict[str, float] = {}
     runtime = getattr(model, "rosa_runtime", None)
     if runtime is None or not runtime.config.enabled:
