@@ -92,10 +92,15 @@ class RosaQwen3Model(Qwen3Model):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 use_cache=None, rosa_cache=None, **kwargs):
         kwargs.pop("rosa_retriever", None)
+        retriever = None
         if self.rosa_config.enabled:
-            kwargs["rosa_retriever"] = rosa_cache if rosa_cache is not None else self.batch_retriever()
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+            retriever = kwargs["rosa_retriever"] = rosa_cache if rosa_cache is not None else self.batch_retriever()
+        try:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        finally:
+            if retriever is not None:
+                retriever.end_forward()  # deferred counterfactual jobs may start: the backward comes next
 
 
 class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):

@@ -279,6 +279,7 @@ class RetrievalPipeline:
         if slot.pending_cf is not None and not slot.pending_cf.done():
             # the layer's previous deferred job still reads the host buffers about to be refilled (its backward
             # never ran, e.g. a forward under autograd that was not backpropagated): let it finish first
+            self._executor.release()  # it may still be held back (the forward that submitted it did not finish)
             slot.pending_cf.join()
         slot.pending_cf = None
         q = q_sym.transpose(1, 2).contiguous()  # [B, R, T]: each pair contiguous
@@ -304,6 +305,11 @@ class RetrievalPipeline:
         if reuse and want_cf:
             self._kept[layer_key] = _KeptResult(q_sym, k_sym, bits, handle)
         return handle
+
+    def end_forward(self) -> None:
+        """The model's forward is done: deferred counterfactual jobs may run now (the backward needs them)."""
+        if self._executor is not None:
+            self._executor.release()
 
     def _mark_hung(self) -> None:
         self._hung = True

@@ -84,3 +84,6 @@ class Retriever(Protocol):
         destinations too (gradients reach Q/K/V). ``reuse``: the same layer will be recomputed on the same input
         before its backward (activation checkpointing), so a retriever may answer that second submit from this
         one's result instead of running the kernel again."""
+
+    def end_forward(self) -> None:
+        """Called by the decoder stack after its forward: work held back for the backward may start."""

@@ -165,6 +165,9 @@ class RosaGenerationCache:
             raise ValueError(f"layer {layer_idx} retrieves with bits={bits}, but this cache was made for bits={self.bits}")
         return _StreamJob(self, layer_idx, q_sym, k_sym)
 
+    def end_forward(self) -> None:
+        """The seam: nothing is deferred in streaming."""
+
     def retrieve(self, layer_idx: int, q_sym: torch.Tensor, k_sym: torch.Tensor,
                  v_sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scan layer ``layer_idx``'s stream over the new positions.

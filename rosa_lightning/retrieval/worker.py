@@ -1,8 +1,10 @@
 """The retrieval worker: one daemon thread that runs submitted calls, critical ones first (docs/pipeline.md §1).
 
-Jobs carry a priority: ``CRITICAL`` (a layer's tau, which its forward waits for) before ``DEFERRED`` (counterfactual
-destinations, needed only by that layer's backward); within one priority, in submission order. A running job is
-never interrupted (the kernel cannot be), so a critical job may wait for at most the deferred job already running.
+Jobs carry a priority: ``CRITICAL`` (a layer's tau, which its forward waits for) runs in submission order;
+``DEFERRED`` (counterfactual destinations, needed only by that layer's backward) is held back until ``release()``
+(the end of the model's forward) and then runs after every critical job, latest first, which is the order the
+backward needs them in. A running job is never interrupted (the kernel cannot be): holding deferred jobs back keeps
+one from starting in a gap of the forward and delaying the next layer's critical job by its whole length.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class DaemonWorker:
     def __init__(self, name: str) -> None:
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
+        self._held: list = []
+        self._held_lock = threading.Lock()
         self._thread = threading.Thread(target=_run_jobs, args=(self._jobs,), name=name, daemon=True)
         self._thread.start()
         weakref.finalize(self, _stop, self._jobs, self._order)
@@ -39,11 +43,24 @@ class DaemonWorker:
         if priority not in (CRITICAL, DEFERRED):
             raise ValueError(f"priority must be CRITICAL ({CRITICAL}) or DEFERRED ({DEFERRED}), got {priority!r}")
         future: Future = Future()
-        self._jobs.put((priority, next(self._order), (future, fn, args)))
+        if priority == DEFERRED:
+            with self._held_lock:
+                self._held.append((future, fn, args))
+        else:
+            self._jobs.put((priority, next(self._order), (future, fn, args)))
         return future
 
+    def release(self) -> None:
+        """Queue the held deferred jobs, latest first, behind every critical job."""
+        with self._held_lock:
+            held, self._held = self._held, []
+        for job in held:
+            self._jobs.put((DEFERRED, -next(self._order), job))
+
     def shutdown(self, timeout: Optional[float]) -> None:
-        """Stop after the queued jobs; wait up to ``timeout`` seconds (None = until done)."""
+        """Stop after the queued jobs (held deferred ones included); wait up to ``timeout`` seconds (None = until
+        done)."""
+        self.release()
         _stop(self._jobs, self._order)
         self._thread.join(timeout)
 

@@ -50,6 +50,8 @@ def test_deferred_cf_are_the_kernels_and_tau_is_untouched():
     with RetrievalPipeline(1, defer_counterfactuals=True) as pipe:
         handle = pipe.submit(0, q, k, 2, want_cf=True)
         tau, cf, _, _ = handle.wait()
+        assert not handle.cf_deferred.done()  # held back until the forward ends
+        pipe.end_forward()
         assert cf is None and handle.cf_deferred is not None
         seen = []
         handle.cf_deferred.on_wait = lambda blocked, kernel: seen.append((blocked, kernel))
@@ -67,7 +69,7 @@ def test_deferred_cf_are_the_kernels_and_tau_is_untouched():
         RetrievalPipeline(1, defer_counterfactuals="sometimes")
 
 
-def test_worker_runs_critical_jobs_before_deferred_ones():
+def test_worker_holds_deferred_jobs_until_released_then_runs_them_latest_first():
     worker = DaemonWorker("test-worker")
     gate, order = threading.Event(), []
     try:
@@ -76,11 +78,29 @@ def test_worker_runs_critical_jobs_before_deferred_ones():
                 worker.submit(order.append, "cf2", priority=DEFERRED), worker.submit(order.append, "tau2",
                                                                                       priority=CRITICAL)]
         gate.set()
-        for job in [first, *jobs]:
+        for job in (first, jobs[1], jobs[3]):
             job.result(10)
-        assert order == ["tau1", "tau2", "cf1", "cf2"]
+        assert order == ["tau1", "tau2"] and not jobs[0].done()  # the forward is not over: nothing deferred ran
+        late = worker.submit(order.append, "tau3")
+        worker.release()
+        for job in [late, *jobs]:
+            job.result(10)
+        assert order == ["tau1", "tau2", "tau3", "cf2", "cf1"]  # the backward's order: the last layer first
         with pytest.raises(ValueError, match="priority"):
             worker.submit(order.append, "x", priority=5)
     finally:
         gate.set()
         worker.shutdown(10)
+
+
+def test_a_layer_submitted_again_before_the_forward_ended_does_not_hang():
+    """A forward that raised before its end leaves deferred jobs held back; the layer's next submit, which needs
+    its previous deferred job out of the host buffers, releases and waits for it instead of hanging."""
+    q = torch.randint(0, 16, (1, 20, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with RetrievalPipeline(1, defer_counterfactuals=True, wait_timeout_s=30) as pipe:
+        first = pipe.submit(3, q, q.flip(1).contiguous(), 4, want_cf=True)
+        first.wait()
+        second = pipe.submit(3, q, q, 4, want_cf=True)
+        assert first.cf_deferred.done()
+        pipe.end_forward()
+        assert second.cf_deferred.wait() is not None

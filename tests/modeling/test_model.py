@@ -129,6 +129,9 @@ class _FixedCache:
     def __init__(self, tau, v_at_tau):
         self.tau, self.v_at_tau, self.calls = tau, v_at_tau, []
 
+    def end_forward(self):
+        pass
+
     def submit(self, layer_idx, q_sym, k_sym, bits, want_cf, reuse=False):
         return _FixedJob(self, layer_idx, q_sym)
 

@@ -1,0 +1,244 @@
+"""Step-time model: does each ROSA layer's CPU retrieval hide behind the accelerator at production scale?
+
+Measures the retrieval kernel on this machine (ns per (route, token), uniform random symbols, bits 4 and 8, tau only
+and with counterfactuals, 1 and 2 threads), then combines it with a FLOP model of the accelerator's work per layer
+(Qwen3-0.6B and 1.7B, T = 16,384, window 2,048, batch 1, forward and backward) in an event simulation of one
+training step: per ROSA layer the forward submits its retrieval after the branch's Q/K projections, overlaps the V
+projection and attention, and waits for tau; with deferred counterfactuals the backward of each layer waits for a
+second job, held back until the forward ends and then run last layer first (the pipeline's policy). Prints, per model, bits, deferral and CPU cores per accelerator: the step time of
+window + ROSA against window alone and the time the accelerator waits for the CPU.
+
+    python -m experiments.step_time_model.run                  # measure the kernel here (about a minute)
+    python -m experiments.step_time_model.run --smoke          # seconds: tiny measurement, same tables
+    python -m experiments.step_time_model.run --ns 4:38:56 --ns 8:60:140  # given ns per (route, token) instead
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from experiments.harness.report import markdown_table
+from rosa_lightning.retrieval import rosa_match
+
+HERE = Path(__file__).parent
+
+# Shapes from the models' config.json (Qwen3-0.6B-Base and Qwen3-1.7B-Base).
+MODELS = {
+    "Qwen3-0.6B": dict(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072, vocab=151936),
+    "Qwen3-1.7B": dict(hidden=2048, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=6144, vocab=151936),
+}
+# Accelerator: H100 SXM dense bf16 peak, and the fraction of it a training step reaches. The figure the model uses
+# is an assumption, stated in the README; replace it with measured per-layer times where a GPU is available.
+PEAK_FLOPS = 989e12
+UTILISATION = 0.5
+
+
+@dataclass
+class KernelCost:
+    """Measured ns per (route, token) on one thread, and the 2-thread speed-up."""
+
+    bits: int
+    tau_ns: float       # tau only
+    full_ns: float      # tau and counterfactuals
+    speedup_2: float    # 1-thread time / 2-thread time (with counterfactuals)
+
+
+def measure_kernel(bits: int, T: int, routes: int, repeats: int) -> KernelCost:
+    """Best-of-``repeats`` wall time of ``rosa_match`` on uniform random symbols [1, routes, T] (BRT layout)."""
+    rng = np.random.default_rng(bits)
+    A = 1 << bits
+    q = torch.from_numpy(rng.integers(0, A, (1, routes, T), dtype=np.uint8))
+    k = torch.from_numpy(rng.integers(0, A, (1, routes, T), dtype=np.uint8))
+
+    def best(threads: int, want_cf: bool) -> float:
+        rosa_match(q, k, bits, threads, want_cf=want_cf, layout="BRT")  # warm-up: threads, arenas, page faults
+        out = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            rosa_match(q, k, bits, threads, want_cf=want_cf, layout="BRT")
+            out = min(out, time.perf_counter() - t0)
+        return out
+
+    per = 1e9 / (routes * T)
+    tau, full = best(1, False) * per, best(1, True) * per
+    two = best(2, True) * per if (os.cpu_count() or 1) >= 2 else full
+    return KernelCost(bits, tau, full, full / two)
+
+
+@dataclass
+class LayerTimes:
+    """Accelerator seconds of one decoder layer (forward split around the retrieval; backward)."""
+
+    pre: float      # input norm and the branch's Q/K projections: before the retrieval is submitted
+    window: float   # what the retrieval overlaps: the branch's V projection and the attention block
+    post: float     # after the readout: output projection, residual, MLP
+    backward: float
+    plain: float    # the same layer without ROSA (forward + backward)
+
+
+def layer_times(model: dict, T: int, window: int, rosa: bool) -> LayerTimes:
+    """FLOP model: 2 FLOPs per multiply-add, backward = 2x forward, ROSA backward recomputes its three logits."""
+    C, H, KV, d, I = (model[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate"))
+    rate = PEAK_FLOPS * UTILISATION
+    attn_proj = 2 * T * C * (H * d + 2 * KV * d + H * d)
+    keys = T * window - window * (window - 1) / 2  # causal window: min(t + 1, W) keys per query
+    attn_core = 4 * H * d * keys
+    mlp = 2 * T * 3 * C * I
+    plain_fwd = attn_proj + attn_core + mlp
+    branch_qk, branch_v, branch_out = 2 * 2 * T * C * C, 2 * T * C * C, 2 * T * C * C
+    branch_fwd = branch_qk + branch_v + branch_out if rosa else 0.0
+    branch_bwd = (2 * (branch_qk + branch_v + branch_out) + branch_qk + branch_v) if rosa else 0.0
+    return LayerTimes(pre=branch_qk / rate, window=(branch_v + attn_proj + attn_core) / rate,
+                      post=(branch_out + mlp) / rate, backward=(2 * plain_fwd + branch_bwd) / rate,
+                      plain=3 * plain_fwd / rate)
+
+
+class _Cpu:
+    """The retrieval worker: non-preemptive, critical jobs before deferred ones, then in submission order."""
+
+    def __init__(self) -> None:
+        self.free_at = 0.0
+        self.queue: list = []
+        self.done: dict[str, float] = {}
+        self._order = itertools.count()
+
+    def submit(self, at: float, name: str, seconds: float, priority: int, order: Optional[int] = None) -> None:
+        heapq.heappush(self.queue, (priority, next(self._order) if order is None else order, at, name, seconds))
+
+    def finish(self, name: str) -> float:
+        """Run jobs until ``name`` is done (every job it could wait for is already submitted); its end time."""
+        while name not in self.done:
+            ready = [j for j in self.queue if j[2] <= self.free_at]
+            job = min(ready) if ready else min(self.queue, key=lambda j: (j[2], j[0], j[1]))
+            self.queue.remove(job)
+            heapq.heapify(self.queue)
+            start = max(self.free_at, job[2])
+            self.free_at = start + job[4]
+            self.done[job[3]] = self.free_at
+        return self.done[name]
+
+
+def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer: bool, T: int, window: int,
+                  efficiency: float) -> dict:
+    """One training step, batch 1: accelerator seconds with ROSA, without, and the time spent waiting for the CPU."""
+    L = model["layers"]
+    routes = model["hidden"] // bits
+    speed = cores * efficiency  # the kernel parallelises over pairs
+    t_tau = routes * T * kernel.tau_ns * 1e-9 / speed
+    t_full = routes * T * kernel.full_ns * 1e-9 / speed
+    rosa_t = layer_times(model, T, window, rosa=True)
+    plain_t = layer_times(model, T, window, rosa=False)
+    cpu, gpu, forward_wait, backward_wait = _Cpu(), 0.0, 0.0, 0.0
+    for layer in range(L):
+        if layer == 0:  # layer 0 keeps global attention and no branch (the published layout)
+            gpu += layer_times(model, T, T, rosa=False).plain / 3
+            continue
+        gpu += rosa_t.pre
+        cpu.submit(gpu, f"tau{layer}", t_tau if defer else t_full, 0)
+        ready = cpu.finish(f"tau{layer}")
+        forward_wait += max(0.0, ready - (gpu + rosa_t.window))
+        gpu = max(gpu + rosa_t.window, ready) + rosa_t.post
+    if defer:  # held back until the forward ends, then the last layer's first (the pipeline's policy)
+        for layer in range(1, L):
+            cpu.submit(gpu, f"cf{layer}", t_full, 1, order=-layer)
+    head = 2 * model["hidden"] * model["vocab"] * T / (PEAK_FLOPS * UTILISATION)  # lm_head forward (and loss)
+    gpu += head + 2 * head  # its forward and backward run before the last decoder layer's backward
+    for layer in reversed(range(L)):
+        if layer == 0:
+            gpu += 2 * layer_times(model, T, T, rosa=False).plain / 3
+            continue
+        if defer:
+            ready = cpu.finish(f"cf{layer}")
+            backward_wait += max(0.0, ready - gpu)
+            gpu = max(gpu, ready)
+        gpu += rosa_t.backward
+    window_only = layer_times(model, T, T, rosa=False).plain + (L - 1) * plain_t.plain + 3 * head
+    no_wait = gpu - forward_wait - backward_wait
+    return {"step_s": gpu, "window_s": window_only, "ratio": gpu / window_only, "matmul_ratio": no_wait / window_only,
+            "forward_wait_s": forward_wait, "backward_wait_s": backward_wait,
+            "tau_ms": t_tau * 1e3 if defer else t_full * 1e3, "overlap_ms": rosa_t.window * 1e3}
+
+
+def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01) -> Optional[int]:
+    """The fewest cores per accelerator for which waiting adds at most ``slack`` to the step (None: over 512)."""
+    for cores in range(1, 513):
+        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency)
+        if r["ratio"] <= r["matmul_ratio"] * (1 + slack):
+            return cores
+    return None
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--T", type=int, default=16384)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--routes", type=int, default=16, help="routes measured per kernel call")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cores", type=int, nargs="+", default=[8, 12, 14, 16, 24, 32, 64])
+    ap.add_argument("--efficiency", type=float, default=0.9,
+                    help="parallel efficiency per core of the kernel over pairs (an assumption: the 2-thread speed-up "
+                         "measured on a shared 2-core machine is printed but not used)")
+    ap.add_argument("--ns", action="append", default=[], metavar="BITS:TAU:FULL",
+                    help="use these ns per (route, token) instead of measuring (2-thread speed-up taken as 2)")
+    ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.smoke:
+        args.routes, args.repeats = 2, 1
+    kernels = {}
+    for spec in args.ns:
+        bits, tau, full = spec.split(":")
+        kernels[int(bits)] = KernelCost(int(bits), float(tau), float(full), 2.0)
+    for bits in (4, 8):
+        if bits not in kernels:
+            kernels[bits] = measure_kernel(bits, 2048 if args.smoke else args.T, args.routes, args.repeats)
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+             f"{time.strftime('%Y-%m-%d')}; T = {args.T}, window = {args.window}, batch 1, accelerator "
+             f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s x {UTILISATION} utilisation (FLOP model); kernel parallel efficiency "
+             f"{args.efficiency} per core.\n",
+             "## Kernel on this machine (uniform random, ns per (route, token))\n",
+             markdown_table(["bits", "tau only, 1 thread", "tau + cf, 1 thread", "2-thread speed-up"],
+                            [[k.bits, k.tau_ns, k.full_ns, k.speedup_2] for k in kernels.values()], 2)]
+    rows, hide = [], []
+    for name, model in MODELS.items():
+        for bits, kernel in kernels.items():
+            eff = args.efficiency
+            for defer in (False, True):
+                for cores in args.cores:
+                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff)
+                    rows.append([name, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
+                                 r["overlap_ms"], r["forward_wait_s"], r["backward_wait_s"], r["matmul_ratio"],
+                                 r["ratio"]])
+                hide.append([name, bits, "deferred" if defer else "with tau",
+                             cores_to_hide(model, kernel, bits, defer, args.T, args.window, eff)])
+    lines += ["## One training step, window + ROSA vs window\n",
+              "`critical job`: CPU ms per ROSA layer the forward waits for; `overlap`: accelerator ms it can hide "
+              "behind; waits are accelerator seconds per step spent waiting for the CPU; `matmuls only`: the "
+              "ratio if retrieval were free (the branch's own projections).\n",
+              markdown_table(["model", "bits", "counterfactuals", "cores/GPU", "critical job (ms)", "overlap (ms)",
+                              "forward wait (s)", "backward wait (s)", "matmuls only", "window+ROSA / window"],
+                             rows, 3),
+              "## Cores per accelerator to hide retrieval (within 1% of the matmul-only step)\n",
+              markdown_table(["model", "bits", "counterfactuals", "cores"], hide)]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ("smoke.md" if args.smoke else "results.md")).write_text(text)
+    (args.out / ("smoke.json" if args.smoke else "results.json")).write_text(json.dumps(
+        {"kernels": [asdict(k) for k in kernels.values()], "steps": rows, "cores_to_hide": hide}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The step-time model (experiments/step_time_model): its simulation's invariants and a seconds-long smoke run."""
+import pytest
+
+from experiments.step_time_model.run import MODELS, KernelCost, main, simulate_step
+
+SHAPE = dict(T=16384, window=2048, efficiency=0.9)
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_free_retrieval_costs_only_the_branch_matmuls(defer):
+    free = KernelCost(bits=4, tau_ns=0.0, full_ns=0.0, speedup_2=2.0)
+    r = simulate_step(MODELS["Qwen3-1.7B"], free, cores=1, bits=4, defer=defer, **SHAPE)
+    assert r["forward_wait_s"] == 0 and r["backward_wait_s"] == 0
+    assert r["ratio"] == pytest.approx(r["matmul_ratio"]) and 1.0 < r["ratio"] < 1.5
+
+
+def test_more_cores_never_make_the_step_slower_and_enough_cores_hide_everything():
+    kernel = KernelCost(bits=8, tau_ns=80.0, full_ns=145.0, speedup_2=2.0)
+    for defer in (False, True):
+        ratios = [simulate_step(MODELS["Qwen3-0.6B"], kernel, c, 8, defer, **SHAPE)["ratio"] for c in (8, 16, 64, 4096)]
+        assert ratios == sorted(ratios, reverse=True)
+        last = simulate_step(MODELS["Qwen3-0.6B"], kernel, 100000, 8, defer, **SHAPE)
+        assert last["ratio"] == pytest.approx(last["matmul_ratio"], rel=1e-3)
+
+
+def test_deferral_shortens_the_forward_wait_when_tau_is_cheaper():
+    kernel = KernelCost(bits=4, tau_ns=38.0, full_ns=56.0, speedup_2=2.0)
+    now = simulate_step(MODELS["Qwen3-1.7B"], kernel, 32, 4, False, **SHAPE)
+    deferred = simulate_step(MODELS["Qwen3-1.7B"], kernel, 32, 4, True, **SHAPE)
+    assert deferred["forward_wait_s"] < now["forward_wait_s"] and now["backward_wait_s"] == 0
+
+
+def test_smoke_run_writes_its_tables(tmp_path, capsys):
+    main(["--smoke", "--cores", "14", "64", "--out", str(tmp_path)])
+    text = (tmp_path / "smoke.md").read_text()
+    assert "Qwen3-1.7B" in text and "Qwen3-0.6B" in text and "Cores per accelerator" in text
+    assert (tmp_path / "smoke.json").exists() and "window+ROSA / window" in capsys.readouterr().out
