@@ -61,7 +61,7 @@ def build(arm: Arm, vocab_size: int, seed: int) -> torch.nn.Module:
                            intermediate_size=2 * arm.hidden, vocab_size=vocab_size, max_position_embeddings=4096)
     opts = dict(bits=4, window=32, global_layers=0, num_threads=1, token_channel="off")
     opts.update(arm.rosa)
-    model = build_rosa_model(backbone, RosaConfig(**opts))
+    model = build_rosa_model(backbone, RosaConfig.from_dict(opts))  # the arms' options are flat keys
     if arm.k_copy_q:
         with torch.no_grad():
             for layer in rosa_layers(model):

@@ -23,7 +23,7 @@ from experiments.branch_learning.run import ARMS
 from experiments.harness.runs import compose
 
 LIGHTNING = ["logger=csv", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-             "trainer.limit_val_batches=0", "model.rosa.num_threads=1", "data.num_workers=0",
+             "trainer.limit_val_batches=0", "model.rosa.runtime.num_threads=1", "data.num_workers=0",
              "+callbacks.retrieval_runtime.torch_threads=1"]
 
 

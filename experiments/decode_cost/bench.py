@@ -42,7 +42,7 @@ def build(global_layers: int, threads: int):
     config = Qwen3Config(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
                          head_dim=64, intermediate_size=768, vocab_size=VOCAB, max_position_embeddings=70000)
     rosa = RosaConfig(bits=BITS, window=WINDOW, global_layers=global_layers, rosa_layers=[1, 2, 3],
-                      num_threads=threads)
+                      runtime={"num_threads": threads})
     model = build_rosa_model(config, rosa).eval()
     with torch.no_grad():
         for layer in rosa_layers(model):

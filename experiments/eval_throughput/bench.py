@@ -33,7 +33,8 @@ SHAPES = {
     "qwen3_0p6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, vocab_size=151936),
 }
-ARMS = {"global": dict(window=None, enabled=False), "window": dict(enabled=False), "window+rosa": dict()}
+ARMS = {"global": dict(window=None, runtime={"enabled": False}), "window": dict(runtime={"enabled": False}),
+        "window+rosa": dict()}
 
 
 class _Pad:

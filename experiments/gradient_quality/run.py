@@ -44,7 +44,7 @@ def build(task: MQAR, seed: int) -> torch.nn.Module:
     backbone = Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            head_dim=16, intermediate_size=128, vocab_size=task.vocab_size,
                            max_position_embeddings=1024)
-    rosa = RosaConfig(bits=4, window=32, global_layers=0, num_threads=1, token_channel="off")
+    rosa = RosaConfig(bits=4, window=32, global_layers=0, token_channel="off", runtime={"num_threads": 1})
     return build_rosa_model(backbone, rosa)
 
 

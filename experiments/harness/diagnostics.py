@@ -2,7 +2,7 @@
 
 For every ROSA layer: how often a route retrieves at all (tau >= 0), and, at the positions that predict an answer,
 how often the retrieved time is the slot that holds the answer. Tau is captured by a ``RecordingPipeline``
-attached as the model's retrieval executor, so the forward is exactly the one that training and evaluation run.
+attached as the model's batch retriever, so the forward is exactly the one that training and evaluation run.
 
 The answer's slot. An answer token a_t at position t is predicted at t-1. Its *binding occurrence* is the earliest
 position s < t-1 where the same token followed the same preceding token (ids[s-1] = ids[t-1], ids[s] = ids[t]):
@@ -17,7 +17,10 @@ from typing import Optional
 import torch
 
 from experiments.harness.evaluate import batches
-from rosa_lightning.modeling import RetrievalPipeline, attach_pipeline, rosa_layers
+from rosa_lightning.modeling import attach_pipeline, rosa_layers
+from rosa_lightning.retrieval import RetrievalPipeline
+from rosa_lightning.retrieval.indices import values_at
+from rosa_lightning.retrieval.seam import LayerRetrieval
 
 
 class _RecordingHandle:
@@ -29,6 +32,10 @@ class _RecordingHandle:
         self._records[self._key] = tau.detach().to("cpu", torch.int64)
         return tau, cf, retrieval_s, wait_s
 
+    def result(self, v_sym):
+        tau, cf, retrieval_s, wait_s = self.wait()
+        return LayerRetrieval(tau=tau, v_at_tau=values_at(v_sym, tau), cf=cf, retrieval_s=retrieval_s, wait_s=wait_s)
+
 
 class RecordingPipeline(RetrievalPipeline):
     """A ``RetrievalPipeline`` that keeps the last tau [B, R, T] (int64, CPU) of every layer in ``records``."""
@@ -37,8 +44,9 @@ class RecordingPipeline(RetrievalPipeline):
         super().__init__(*args, **kwargs)
         self.records: dict = {}
 
-    def submit(self, layer_key, q_sym, k_sym, bits, want_cf):
-        return _RecordingHandle(super().submit(layer_key, q_sym, k_sym, bits, want_cf), layer_key, self.records)
+    def submit(self, layer_key, q_sym, k_sym, bits, want_cf, reuse=False):
+        return _RecordingHandle(super().submit(layer_key, q_sym, k_sym, bits, want_cf, reuse), layer_key,
+                                self.records)
 
 
 def answer_sources(input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
@@ -83,9 +91,10 @@ def retrieval_diagnostics(module: torch.nn.Module, dataset, batch_size: int = 16
     the first ``max_batches`` batches of ``dataset``. ``slots=False`` (text without answers): ``valid_tau`` only.
     Empty for a model whose branches are off."""
     model = module.model
-    if not model.rosa_runtime.config.enabled or not rosa_layers(model):
+    if not model.rosa_config.enabled or not rosa_layers(model):
         return {}
-    previous = model.rosa_runtime.pipeline
+    stack = model.model
+    previous = None if stack.owns_pipeline else stack.retrieval_pipeline  # a lazy one is closed and made again
     recorder = RecordingPipeline(num_threads=1).start()
     sums: dict[str, dict[str, list]] = {}
     was_training = module.training

@@ -18,8 +18,9 @@ import time
 import torch
 from transformers import Qwen3Config
 
-from rosa_lightning.modeling import (RetrievalPipeline, RosaBranch, RosaConfig, attach_pipeline, auto_num_threads,
-                                     build_rosa_model, rosa_layers, rosa_timing_stats)
+from rosa_lightning.modeling import (RosaBranch, RosaConfig, attach_pipeline, build_rosa_model, rosa_layers,
+                                     rosa_timing_stats)
+from rosa_lightning.retrieval import RetrievalPipeline, kernel_threads
 
 GIB = 1 << 30
 
@@ -48,7 +49,7 @@ def bench_steps(args) -> dict:
         for layer in rosa_layers(rosa):
             layer.rosa.e0.normal_(0, 0.02)
             layer.rosa.e1.normal_(0, 0.02)
-    base = build_rosa_model(cfg, RosaConfig(window=args.window, enabled=False)).train()
+    base = build_rosa_model(cfg, RosaConfig(window=args.window, runtime={"enabled": False})).train()
     base.load_state_dict({k: v for k, v in rosa.state_dict().items() if "rosa" not in k}, strict=False)
     ids = torch.randint(0, cfg.vocab_size, (1, args.seq), generator=torch.Generator().manual_seed(1))
     with RetrievalPipeline(num_threads=args.kernel_threads) as pipe:
@@ -123,7 +124,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--torch-threads", type=int, default=1)
-    ap.add_argument("--kernel-threads", type=int, default=auto_num_threads())
+    ap.add_argument("--kernel-threads", type=int, default=kernel_threads())
     ap.add_argument("--memory-seq", type=int, default=16384)
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
