@@ -1,0 +1,310 @@
+"""Retrofit recovery: does ROSA bring back the long-context ability a pretrained global-attention model loses when
+it is converted to a sliding window?
+
+    python -m experiments.retrofit_recovery.run            # the full study (about 90 min on 2 CPU cores)
+    python -m experiments.retrofit_recovery.run --smoke    # seconds-long pipeline check (tests/studies)
+
+1. ``experiment=pretrain_code``: a small Qwen3 with global attention trained from scratch on code (stdlib and
+   site-packages sources, a minority of long-range task rows), exported as a plain Qwen3 directory
+   (``export_backbone``).
+2. Held-out tasks from the test split of the same corpus, in LongBench's layout (``lcc.jsonl``,
+   ``repobench-p.jsonl``, ``rosa_lightning.evaluation.code_tasks``).
+3. The arms, each ``conf/experiment/retrofit_<arm>.yaml`` with ``model.backbone=<exported dir>``: global and the
+   window conversions are evaluated as they are; the ROSA arms and the token channel train in stage A; stage B
+   continues the better stage-A arm (lower final validation loss) with the backbone unfrozen.
+4. Every arm through the evaluation's Python API (``rosa_lightning.evaluation.cli.evaluate``, what ``eval.py``
+   runs) with ``tasks=retrofit`` (lcc and repobench-p scored with ``code_sim_score``, RULER niah_single_1 at L, 2L
+   and 4L), and next-token perplexity by position on held-out files.
+
+Everything a run writes goes under ``--logs`` (default ``logs/retrofit_recovery/``); a finished step (pretraining,
+export, task files, an arm's training or evaluation) is reused when the command runs again, so a killed study
+continues where it stopped. Results (``results.json``, ``results.md``, plots) go to this folder or ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import torch
+
+from experiments.harness import runs
+from experiments.harness.evaluate import loss_by_position
+from experiments.harness.report import line_panels, markdown_table, write_json
+from experiments.harness.runs import check_choices, stopwatch
+from experiments.retrofit_recovery.export_backbone import export_backbone
+from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+ARMS = ["global", "window", "window_all", "rosa_published", "rosa_recommended", "stage_b", "token"]
+TRAINED = {"rosa_published", "rosa_recommended", "stage_b", "token"}
+LABELS = {"global": "global", "window": "window (layer 0 global)", "window_all": "window (all layers)",
+          "rosa_published": "window + ROSA (published)", "rosa_recommended": "window + ROSA (recommended)",
+          "stage_b": "window + ROSA, stage B", "token": "token channel"}
+TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b", "token", "window_all"]
+BIN = 32  # tokens per bin of the perplexity-by-position curve
+PUBLISHED_OPTIONS = ["model/rosa/inputs=published", "model/rosa/grad=published", "model.rosa.bits=4"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few files (pipeline check)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
+    p.add_argument("--out", type=Path, default=HERE, help="where results.* and the plots are written")
+    p.add_argument("--logs", type=Path, default=ROOT / "logs" / "retrofit_recovery", help="run folders")
+    return p.parse_args(argv)
+
+
+SMOKE_FILES = ["bisect.py", "colorsys.py", "heapq.py", "copy.py", "glob.py", "shlex.py", "abc.py", "fnmatch.py",
+               "string.py", "queue.py", "sched.py", "textwrap.py", "token.py", "keyword.py", "opcode.py",
+               "stat.py", "types.py", "weakref.py", "numbers.py", "operator.py", "random.py", "shutil.py"]
+
+
+def settings(smoke: bool, logs: Path) -> dict:
+    """Sizes of every stage. The full sizes follow the step times measured in the README."""
+    if smoke:
+        from rosa_lightning.data.stdlib_corpus import stdlib_root
+
+        corpus = [f"data.source.corpus.cache_dir={logs}/corpus", "data.source.corpus.vocab_size=300",
+                  f"data.source.corpus.roots=[{stdlib_root()}]",
+                  "+data.source.corpus.files=[" + ",".join(SMOKE_FILES) + "]",
+                  "data.source.corpus.val_fraction=0.2", "data.source.corpus.test_fraction=0.3",
+                  "data.source.max_val_rows=8", "data.batch_size=2", "data.source.corpus.min_file_bytes=100"]
+        return {"smoke": True, "seq_len": 128, "window": 16, "pretrain_steps": 3, "stage_a_steps": 2, "stage_b_steps": 2,
+                "task_records": 3, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 2, "ppl_rows": 4,
+                "backbone": ["model.backbone.max_position_embeddings=2048"],
+                "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+                          "trainer.log_every_n_steps=1"]}
+    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1200, "stage_a_steps": 150, "stage_b_steps": 100,
+            "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64,
+            "backbone": [], "extra": [f"data.source.corpus.cache_dir={logs}/corpus"]}
+
+
+def common_overrides(s: dict) -> list[str]:
+    return [f"data.seq_len={s['seq_len']}", *s["extra"], "logger=csv", "trainer.enable_progress_bar=false",
+            "+trainer.enable_model_summary=false", "+callbacks.retrieval_runtime.torch_threads=1"]
+
+
+def pretrain(s: dict, logs: Path) -> tuple[Path, dict]:
+    """Train (or reuse) the global model and export it as a plain Qwen3 directory; returns (dir, info)."""
+    out_dir, backbone_dir = logs / "pretrain", logs / "backbone"
+    cfg = runs.compose("pretrain_code", [*common_overrides(s), *s["backbone"],
+                                         f"trainer.max_steps={s['pretrain_steps']}"], out_dir)
+    info_file = out_dir / "pretrain.json"
+    if (backbone_dir / "config.json").is_file() and info_file.is_file():
+        return backbone_dir, json.loads(info_file.read_text())
+    _, module, train_s, _ = runs.train_or_reuse(cfg, out_dir)
+    source = hydra.utils.instantiate(cfg.data.source)
+    export_backbone(module, source.tokenizer, backbone_dir)
+    rows = runs.read_metrics(out_dir)
+    info = {"train_s": train_s, "steps": s["pretrain_steps"], "val_loss": runs.curve(rows, "val/loss"),
+            "train_loss": runs.curve(rows, "train/loss"), "step_s": runs.curve(rows, "time/step_s")[1]}
+    info_file.write_text(json.dumps(info))
+    return backbone_dir, info
+
+
+def build_tasks(s: dict, logs: Path, tokenizer) -> Path:
+    """The held-out lcc / repobench-p files (LongBench layout) under ``logs/tasks``."""
+    from rosa_lightning.evaluation.code_tasks import write_code_tasks
+
+    task_dir = logs / "tasks"
+    if (task_dir / "counts.json").is_file():
+        return task_dir
+    corpus = corpus_of(s, logs)
+    counts = write_code_tasks(task_dir, corpus.texts("test"), tokenizer, s["task_records"],
+                              min_tokens=s["task_tokens"][0], max_tokens=s["task_tokens"][1],
+                              require_definition=not s["smoke"])
+    (task_dir / "counts.json").write_text(json.dumps(counts))
+    return task_dir
+
+
+def corpus_of(s: dict, logs: Path):
+    cfg = runs.compose("retrofit", common_overrides(s), logs / "scratch")
+    return hydra.utils.instantiate(cfg.data.source).corpus
+
+
+def arm_config(arm: str, s: dict, logs: Path, backbone: Path, best_a: str | None):
+    name = {"rosa_published": "retrofit_rosa_published", "rosa_recommended": "retrofit_rosa_recommended",
+            "stage_b": "retrofit_stage_b"}.get(arm, f"retrofit_{arm}")
+    ov = [*common_overrides(s), f"model.backbone={backbone}"]
+    if arm != "global":
+        ov.append(f"model.rosa.window={s['window']}")
+    if arm == "stage_b":
+        ov += [f"model.init_from={logs / best_a / 'checkpoints' / 'last.ckpt'}", f"trainer.max_steps={s['stage_b_steps']}"]
+        ov += PUBLISHED_OPTIONS if best_a == "rosa_published" else []
+    elif arm in TRAINED:
+        ov.append(f"trainer.max_steps={s['stage_a_steps']}")
+    return runs.compose(name, ov, logs / arm)
+
+
+def compose_eval(overrides: list[str], out_dir: Path):
+    """``conf/eval.yaml`` with ``overrides``; outputs under ``out_dir`` (as ``runs.compose`` does for training)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from rosa_lightning.cli import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="eval", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(out_dir).resolve())
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, tokenizer, best_a: str | None) -> dict:
+    """Train (the ROSA and token arms) or build the arm, then evaluate it; cached in ``<arm>/result.json``."""
+    from rosa_lightning.evaluation.cli import evaluate
+
+    cached = logs / arm / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    cfg = arm_config(arm, s, logs, backbone, best_a)
+    result: dict = {"arm": arm, "window": cfg.model.rosa.window, "train_s": 0.0}
+    if arm in TRAINED:
+        _, module, result["train_s"], _ = runs.train_or_reuse(cfg, logs / arm)
+        rows = runs.read_metrics(logs / arm)
+        result["val_loss"] = runs.curve(rows, "val/loss")
+        result["step_s"] = runs.curve(rows, "time/step_s")[1]
+    else:
+        module = hydra.utils.instantiate(cfg.model)
+    module.eval()
+    clock = stopwatch()
+    eval_cfg = compose_eval(["tasks=retrofit", f"data.dir={task_dir}", f"tasks.niah=[{','.join(map(str, s['niah']))}]",
+                             f"niah.num_samples={s['niah_samples']}", f"longbench.max_length={s['seq_len']}",
+                             "logger=none", "torch_threads=1", "device=cpu", f"arm={arm}"], logs / arm / "eval")
+    evaluated = evaluate(eval_cfg, model=module.model, tokenizer=tokenizer)
+    result["scores"] = {"lcc": evaluated["longbench"]["lcc"], "repobench-p": evaluated["longbench"]["repobench-p"],
+                        **{f"niah_{n}": v for n, v in evaluated["niah"].items()}}
+    docs = hydra.utils.instantiate(cfg.data.source).corpus.documents("test")
+    loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=4,
+                                  max_batches=max(1, s["ppl_rows"] // 4))
+    result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
+    result["eval_s"] = clock()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def ppl(losses: list[float]) -> float:
+    vals = [x for x in losses if math.isfinite(x)]
+    return math.exp(sum(vals) / len(vals)) if vals else math.nan
+
+
+def summarize(results: dict, s: dict) -> dict:
+    """Per arm: task scores, perplexity inside / beyond the window, and the share of the global-minus-window gap
+    recovered on each task ((arm - window) / (global - window); for perplexity on the log scale)."""
+    W = s["window"]
+    table = {}
+    for arm, r in results.items():
+        row = dict(r["scores"])
+        row["ppl_within_window"] = ppl(r["loss_by_position"][:W])
+        row["ppl_beyond_window"] = ppl(r["loss_by_position"][W:])
+        table[arm] = row
+    recovered = {}
+    if {"global", "window"} <= set(table):
+        g, w = table["global"], table["window"]
+        for arm, row in table.items():
+            if arm in ("global", "window"):
+                continue
+            rec = {}
+            for key in row:
+                if key == "ppl_within_window":
+                    continue
+                a, lo, hi = row[key], w[key], g[key]
+                if key.startswith("ppl"):
+                    a, lo, hi = -math.log(a), -math.log(lo), -math.log(hi)
+                rec[key] = (a - lo) / (hi - lo) if abs(hi - lo) > 1e-9 else math.nan
+            recovered[arm] = rec
+    return {"table": table, "recovered": recovered}
+
+
+def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    W, L = s["window"], s["seq_len"]
+    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window"]
+    names = {"lcc": "lcc", "repobench-p": "repobench-p", "ppl_beyond_window": f"ppl t ≥ {W}",
+             **{f"niah_{n}": f"NIAH {n}" for n in s["niah"]}}
+    arms = [a for a in TABLE_ARMS if a in results]
+    rows = [[LABELS[a], *[summary["table"][a].get(k) for k in keys], results[a]["train_s"] / 60] for a in arms]
+    md = [f"Window {W} tokens, training length L = {L}; scores are LongBench's (×100) and RULER's; perplexity on "
+          f"{results[arms[0]]['ppl_rows']} held-out rows of {L} tokens.\n\n",
+          markdown_table(["arm", *[names[k] for k in keys], "train min"], rows, 2)]
+    if summary["recovered"]:
+        md.append("\nShare of the global-minus-window gap recovered, (arm − window) / (global − window) "
+                  "(perplexity: on log perplexity):\n\n")
+        rec_rows = [[LABELS[a], *[summary["recovered"][a].get(k) for k in keys]] for a in arms
+                    if a in summary["recovered"]]
+        md.append(markdown_table(["arm", *[names[k] for k in keys]], rec_rows, 2))
+    md.append(f"\nPretraining: {pre['steps']} steps, {pre['train_s'] / 60:.1f} min.\n")
+    text = "".join(md)
+    (out / "results.md").write_text(text)
+    write_json(out / "results.json", {"settings": {k: v for k, v in s.items() if k not in ("extra", "backbone")},
+                                      "pretrain": pre, "summary": summary, "runs": results})
+
+    def binned(losses: list[float]) -> tuple[list[int], list[float]]:
+        xs, ys = [], []
+        for lo in range(0, len(losses), BIN):
+            part = [x for x in losses[lo:lo + BIN] if math.isfinite(x)]
+            if part:
+                xs.append(lo + BIN // 2)
+                ys.append(math.exp(sum(part) / len(part)))
+        return xs, ys
+
+    line_panels(out / "perplexity_vs_position.png", [
+        {"title": f"held-out perplexity by position (rows of {L})", "xlabel": "position t", "ylabel": "perplexity",
+         "vline": W, "series": {LABELS[a]: binned(results[a]["loss_by_position"]) for a in arms}}], ncols=1)
+    line_panels(out / "score_vs_length.png", [
+        {"title": "RULER niah_single_1 vs context length", "xlabel": "tokens", "ylabel": "score",
+         "vline": L, "series": {LABELS[a]: (s["niah"], [summary["table"][a][f"niah_{n}"] for n in s["niah"]])
+                                for a in arms}}], ncols=1, logx=True)
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    check_choices("--arms", arms, ARMS)
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    logs = args.logs.resolve()
+    s = settings(args.smoke, logs)
+    clock = stopwatch()
+    backbone, pre = pretrain(s, logs)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    task_dir = build_tasks(s, logs, tokenizer)
+    results: dict = {}
+    for arm in [a for a in ARMS if a in arms and a != "stage_b"]:
+        results[arm] = run_arm(arm, s, logs, backbone, task_dir, tokenizer, None)
+        print(f"[{arm}] {results[arm]['scores']} ({clock() / 60:.1f} min so far)", flush=True)
+    if "stage_b" in arms:
+        done_a = {a: results[a]["val_loss"][1][-1] for a in ("rosa_published", "rosa_recommended")
+                  if a in results and results[a].get("val_loss", ([], []))[1]}
+        if not done_a:
+            raise SystemExit("--arms stage_b needs rosa_published or rosa_recommended (its stage A) in the same run")
+        best = min(done_a, key=done_a.get)
+        results["stage_b"] = run_arm("stage_b", s, logs, backbone, task_dir, tokenizer, best)
+        results["stage_b"]["after"] = best
+    summary = summarize(results, s)
+    print(write_report(results, summary, s, pre, args.out))
+    print(f"study finished in {clock() / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""Pretraining rows on code with a minority of long-range tasks in natural text formats.
+
+Most rows are the packed token stream of the corpus's files (documents joined by EOT, cut every ``seq_len``
+tokens). A fraction ``mix_fraction`` of the rows instead ends with one task whose answer is only in context far
+back, written as plain text a user would recognise:
+
+- ``niah``: a needle in a noise haystack, in RULER's ``niah_single_1`` wording (noise sentence per line, one
+  "special magic number" under a two-word key, the question and the answer prefix), the answer and EOT;
+- ``kv``: a Python dict literal of random string keys and values, then ``assert table["k"] == "v"`` lines
+  that look some of them up;
+- ``repeat``: a block of code, other code, and the same block again;
+- ``lcc``: LongBench's lcc prompt around a file prefix, then the file's next non-blank line and EOT;
+- ``repobench``: LongBench's repobench-p prompt: other files under ``# path:`` headers, the file's prefix, then
+  the next line, chosen to mention a name that only the other files define, and EOT.
+
+A task row is ``[tail of a code row] + [EOT] + task``, exactly ``seq_len`` tokens, with the task's length drawn
+uniformly from a quarter of the row to the whole row, so the distance from a needle to its question ranges up
+to the row length. Every position is scored (``labels = input_ids``). Row i of a dataset depends only on
+(seed, i), so the rows are the same whatever the worker count or the shuffling.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rosa_lightning.data.stdlib_corpus import EOT
+
+KINDS = ("niah", "kv", "repeat", "lcc", "repobench")
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NIAH_HEAD = ("A special magic number is hidden within the following text. Make sure to memorize it. "
+             "I will quiz you about the number afterwards.\n")
+CODE_PROMPT = "Please complete the code given below. \n"  # LongBench's lcc / repobench-p prompt, as shipped
+NEXT_LINE = "Next line of code:\n"
+
+
+def niah_question(key: str) -> str:
+    """RULER's niah_single_1 question and answer prefix for one key (base-model template)."""
+    return (f"\nWhat is the special magic number for {key} mentioned in the provided text? "
+            f"The special magic number for {key} mentioned in the provided text is")
+
+
+def word_pool(texts: Sequence[str], size: int = 2000) -> List[str]:
+    """The ``size`` most frequent lowercase words of 4-9 letters in ``texts`` (keys of the tasks)."""
+    counts: Counter = Counter()
+    for text in texts[:2000]:
+        counts.update(re.findall(r"\b[a-z]{4,9}\b", text[:20000]))
+    words = [w for w, _ in counts.most_common(size)]
+    if len(words) < 20:
+        raise ValueError("word_pool: the texts hold fewer than 20 distinct lowercase words")
+    return words
+
+
+def next_line_split(lines: List[str], rng: np.random.Generator, lo: int) -> Optional[int]:
+    """An index j >= lo of a line worth predicting (non-blank, not only a comment); None if there is none."""
+    choices = [j for j in range(lo, len(lines)) if lines[j].strip() and not lines[j].strip().startswith("#")]
+    return int(rng.choice(choices)) if choices else None
+
+
+class TaskWriter:
+    """Writes the text of one long-range task of a kind within a token budget.
+
+    ``texts``: the code files tasks take their code from; ``count``: tokens of a string.
+    """
+
+    def __init__(self, texts: Sequence[str], count: Callable[[str], int], words: Sequence[str]) -> None:
+        self.texts = [t for t in texts if t.count("\n") >= 20]
+        if not self.texts:
+            raise ValueError("TaskWriter: no text has 20 lines or more")
+        self.count = count
+        self.words = list(words)
+        self.noise_tokens = max(1, count(NOISE + "\n"))
+        sample = "".join(self.texts[:20])[:50_000]
+        self.chars_per_token = len(sample) / max(1, count(sample))
+
+    def write(self, kind: str, budget: int, rng: np.random.Generator) -> str:
+        return getattr(self, f"_{kind}")(budget, rng)
+
+    def _lines_within(self, text: str, budget: int, rng: np.random.Generator, start: Optional[int] = None) -> List[str]:
+        """Consecutive lines of ``text`` (each with its newline) of about ``budget`` tokens at most."""
+        lines = text.splitlines(keepends=True)
+        i = int(rng.integers(0, max(1, len(lines) - 10))) if start is None else start
+        out, used = [], 0
+        for line in lines[i:]:
+            n = max(1.0, len(line) / self.chars_per_token)  # an estimate; the row builder checks the real count
+            if used + n > budget:
+                break
+            out.append(line)
+            used += n
+        return out
+
+    def _key(self, rng: np.random.Generator) -> str:
+        a, b = rng.choice(len(self.words), 2, replace=False)
+        return f"{self.words[a]}-{self.words[b]}"
+
+    def _niah(self, budget: int, rng: np.random.Generator) -> str:
+        key, value = self._key(rng), str(int(rng.integers(1_000_000, 10_000_000)))
+        fixed = self.count(NIAH_HEAD + niah_question(key)) + 24
+        lines = [NOISE + "\n"] * max(2, (budget - fixed) // self.noise_tokens)
+        lines.insert(int(rng.integers(0, len(lines))), f"One of the special magic numbers for {key} is: {value}.\n")
+        return NIAH_HEAD + "".join(lines).rstrip("\n") + niah_question(key) + f" {value}."
+
+    def _kv(self, budget: int, rng: np.random.Generator) -> str:
+        pairs, used = [], 8
+        while used < budget * 0.8:
+            k = f"{self._key(rng).replace('-', '_')}_{int(rng.integers(0, 100))}"
+            v = f"{int(rng.integers(0, 16 ** 6)):06x}"
+            pairs.append((k, v))
+            used += 10
+        queries = [pairs[j] for j in rng.choice(len(pairs), min(len(pairs), 4), replace=False)]
+        body = "".join(f'    "{k}": "{v}",\n' for k, v in pairs)
+        asks = "".join(f'assert table["{k}"] == "{v}"\n' for k, v in queries)
+        return f"table = {{\n{body}}}\n\n{asks}"
+
+    def _repeat(self, budget: int, rng: np.random.Generator) -> str:
+        block = "".join(self._lines_within(self.texts[int(rng.integers(len(self.texts)))], budget // 4, rng))
+        other = "".join(self._lines_within(self.texts[int(rng.integers(len(self.texts)))], budget // 2, rng))
+        return block + other + block
+
+    def _lcc(self, budget: int, rng: np.random.Generator) -> str:
+        text = self.texts[int(rng.integers(len(self.texts)))]
+        lines = text.splitlines(keepends=True)
+        prefix = self._lines_within(text, budget - 40, rng, start=0)
+        j = next_line_split(lines, rng, max(1, len(prefix) // 2))
+        if j is None or j > len(prefix):
+            j = len(prefix)
+        j = min(j, len(lines) - 1)
+        return CODE_PROMPT + "".join(lines[:j]) + NEXT_LINE + lines[j].rstrip("\n")
+
+    def _repobench(self, budget: int, rng: np.random.Generator) -> str:
+        target = self.texts[int(rng.integers(len(self.texts)))]
+        lines = target.splitlines(keepends=True)
+        prefix = self._lines_within(target, budget // 2, rng, start=0)
+        j = min(next_line_split(lines, rng, max(1, len(prefix) // 2)) or len(prefix), len(prefix), len(lines) - 1)
+        pool = [self.texts[int(i)] for i in rng.choice(len(self.texts), min(len(self.texts), 300), replace=False)]
+        context, _ = cross_file_context(lines[j], pool, target, int(budget // 2 * self.chars_per_token), rng)
+        return CODE_PROMPT + context + "".join(lines[:j]) + NEXT_LINE + lines[j].rstrip("\n")
+
+
+def cross_file_context(line: str, pool: Sequence[str], exclude: str, budget_chars: int,
+                       rng: np.random.Generator, files: int = 3) -> tuple[str, int]:
+    """repobench-p's cross-file context for a target ``line``: up to ``files`` snippets under ``# path:`` headers,
+    taken around where the other texts of ``pool`` define (or else mention) a name of that line, padded with
+    snippets of random texts. About ``budget_chars`` characters in all.
+    Returns (context, number of snippets that hold a definition of a name of the line)."""
+    names = [n for n in dict.fromkeys(re.findall(r"[A-Za-z_]\w{4,}", line)) if n not in _KEYWORDS]
+    chosen: List[tuple[str, int]] = []
+    for name in names:
+        pattern = re.compile(rf"^\s*(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", re.M)
+        for text in pool:
+            if text is exclude or any(text is t for t, _ in chosen):
+                continue
+            m = pattern.search(text) if name in text else None
+            if m:
+                chosen.append((text, m.start()))
+                break
+        if len(chosen) >= files:
+            break
+    found = len(chosen)
+    others = [t for t in pool if t is not exclude and not any(t is c for c, _ in chosen)]
+    while len(chosen) < files and others:
+        chosen.append((others.pop(int(rng.integers(len(others)))), 0))
+    order = rng.permutation(len(chosen))
+    per = max(40, budget_chars // max(1, len(chosen)))
+    parts = []
+    for k in order:
+        text, at = chosen[int(k)]
+        start = text.rfind("\n", 0, max(0, at - per // 4)) + 1
+        end = text.rfind("\n", start, start + per) + 1 or min(len(text), start + per)
+        parts.append(f"# path: {_path_name(text)}\n{text[start:end]}")
+    return "".join(parts), found
+
+
+def _path_name(text: str) -> str:
+    """A stable module-like path for a snippet's header (the file's first defined name, else a hash)."""
+    m = re.search(r"^(?:def|class)\s+(\w+)", text, re.M)
+    stem = m.group(1).lower() if m else f"module_{zlib.crc32(text[:200].encode()) % 10_000}"
+    return f"src/{stem}.py"
+
+
+_KEYWORDS = {"False", "None", "True", "class", "return", "while", "yield", "import", "raise", "async", "await",
+             "assert", "break", "continue", "except", "finally", "global", "lambda", "nonlocal", "print", "isinstance",
+             "self", "super", "range", "len", "dict", "list", "tuple", "object", "Exception", "ValueError", "TypeError"}
+
+
+def pack_rows(documents: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
+    """int32 [N, seq_len]: the documents (each opened by EOT) concatenated and cut every ``seq_len`` tokens."""
+    flat = np.concatenate(list(documents)) if len(documents) else np.zeros(0, np.int32)
+    n = len(flat) // seq_len
+    if n == 0:
+        raise ValueError(f"pack_rows: {len(flat)} tokens do not fill one row of {seq_len}")
+    return flat[: n * seq_len].reshape(n, seq_len).astype(np.int32)
+
+
+class LongRangeMixDataset(Dataset):
+    """Packed code rows, followed by ``num_tasks`` task rows (see the module docstring).
+
+    Items: ``input_ids`` int64 [seq_len], ``labels`` int64 [seq_len] (= input_ids), ``answer_mask`` bool [seq_len].
+    """
+
+    def __init__(self, code_rows: np.ndarray, writer: TaskWriter, encode: Callable[[str], List[int]], eot_id: int,
+                 num_tasks: int, kinds: Dict[str, float], seed: int) -> None:
+        self.code_rows = code_rows
+        self.seq_len = int(code_rows.shape[1])
+        self.writer, self.encode, self.eot_id = writer, encode, int(eot_id)
+        self.num_tasks = int(num_tasks)
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown task kinds {sorted(unknown)}; choose from {KINDS}")
+        self.kinds = [k for k in KINDS if kinds.get(k, 0) > 0]
+        weights = np.asarray([float(kinds[k]) for k in self.kinds])
+        self.weights = weights / weights.sum() if self.kinds else weights
+        if self.num_tasks and not self.kinds:
+            raise ValueError("LongRangeMixDataset: num_tasks > 0 needs at least one kind with a positive weight")
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.code_rows) + self.num_tasks
+
+    def task_row(self, index: int) -> tuple[np.ndarray, str]:
+        """(int64 [seq_len] row, kind) of task row ``index`` (0-based among the task rows)."""
+        rng = np.random.default_rng([self.seed, index])
+        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
+        budget = int(rng.integers(self.seq_len // 4, self.seq_len))
+        for _ in range(6):
+            ids = [self.eot_id, *self.encode(self.writer.write(kind, budget, rng)), self.eot_id]
+            if len(ids) <= self.seq_len:
+                break
+            budget = int(budget * 0.8)
+        ids = ids[-self.seq_len:]
+        filler = self.code_rows[int(rng.integers(len(self.code_rows)))]
+        row = np.concatenate([filler[: self.seq_len - len(ids)], np.asarray(ids, dtype=np.int32)])
+        return row.astype(np.int64), kind
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} rows")
+        n = len(self.code_rows)
+        row = self.code_rows[index].astype(np.int64) if index < n else self.task_row(index - n)[0]
+        ids = torch.from_numpy(row)
+        return {"input_ids": ids, "labels": ids.clone(), "answer_mask": torch.ones(self.seq_len, dtype=torch.bool)}
+
+
+class LongRangeMixSource:
+    """A ``CodeCorpus`` as a DataModule source: ``build(seed) -> (train, val)`` mixed datasets.
+
+    ``corpus``: a ``CodeCorpus`` or its keyword arguments. ``mix_fraction``: the share of task rows among all rows
+    (0 = code only). ``kinds``: relative weight of each task kind. ``max_val_rows``: rows of the validation set.
+    """
+
+    def __init__(self, corpus, seq_len: int = 1024, mix_fraction: float = 0.25,
+                 kinds: Optional[Dict[str, float]] = None, max_val_rows: Optional[int] = 256) -> None:
+        from rosa_lightning.data.code_corpus import CodeCorpus
+
+        if not 0.0 <= mix_fraction < 1.0:
+            raise ValueError(f"mix_fraction must be in [0, 1), got {mix_fraction}")
+        self.corpus = corpus if isinstance(corpus, CodeCorpus) else CodeCorpus(**dict(corpus))
+        self.seq_len = int(seq_len)
+        self.mix_fraction = float(mix_fraction)
+        self.kinds = {str(k): float(v) for k, v in dict(kinds).items()} if kinds is not None else {k: 1.0 for k in KINDS}
+        self.max_val_rows = max_val_rows
+
+    @property
+    def tokenizer(self):
+        return self.corpus.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+    def writer(self, split: str) -> TaskWriter:
+        texts = self.corpus.texts(split)
+        backend = self.tokenizer.backend_tokenizer
+        return TaskWriter(texts, lambda s: len(backend.encode(s, add_special_tokens=False).ids), word_pool(texts))
+
+    def dataset(self, split: str, seed: int, max_rows: Optional[int] = None) -> LongRangeMixDataset:
+        rows = pack_rows(self.corpus.documents(split), self.seq_len)
+        if max_rows is not None:
+            rows = rows[: max(1, int(round(max_rows * (1 - self.mix_fraction))))]
+        num_tasks = int(round(len(rows) * self.mix_fraction / (1 - self.mix_fraction)))
+        backend = self.tokenizer.backend_tokenizer
+        return LongRangeMixDataset(rows, self.writer(split), lambda s: backend.encode(s, add_special_tokens=False).ids,
+                                   self.corpus.eot_id, num_tasks, self.kinds, seed)
+
+    def build(self, seed: int):
+        return self.dataset("train", seed), self.dataset("val", seed + 1, self.max_val_rows)
