@@ -20,8 +20,8 @@ STREAMS = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "e0
 def rosa_grad_norms(model: torch.nn.Module) -> dict[str, float]:
     """L2 norms of the current ``.grad`` of every ROSA layer's parameters (0.0 where a grad is None)."""
     out: dict[str, float] = {}
-    runtime = getattr(model, "rosa_runtime", None)
-    if runtime is None or not runtime.config.enabled:
+    rosa = getattr(model, "rosa_config", None)
+    if rosa is None or not rosa.enabled:
         return out  # the branches are skipped: nothing to measure
     for layer in rosa_layers(model):
         i = layer.self_attn.layer_idx

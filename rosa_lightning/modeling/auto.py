@@ -29,7 +29,7 @@ def as_rosa_config(config: Qwen3Config) -> RosaQwen3Config:
 
 def register_auto_classes() -> None:
     """Map ``rosa_qwen3`` to the ROSA config and causal-LM classes in transformers' Auto registries."""
-    from .model import RosaQwen3ForCausalLM
+    from .model import RosaQwen3ForCausalLM  # model.py imports this module (RosaQwen3Config): a cycle at import
 
     AutoConfig.register(MODEL_TYPE, RosaQwen3Config, exist_ok=True)
     AutoModelForCausalLM.register(RosaQwen3Config, RosaQwen3ForCausalLM, exist_ok=True)

@@ -17,6 +17,10 @@ import re
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file
+
+from .adapters import write_adapter_file
+from .config import RosaConfig
 
 _PUBLISHED = re.compile(r"^(?P<prefix>.*\blayers\.\d+\.)rosa_(?P<name>q_proj|k_proj|v_proj|out|e0|e1|alpha)"
                         r"(?P<suffix>\.weight)?$")
@@ -53,11 +57,6 @@ def convert_published_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
 
 
 def _main(argv=None) -> None:
-    from safetensors.torch import load_file
-
-    from .adapters import write_adapter_file
-    from .config import RosaConfig
-
     parser = argparse.ArgumentParser(description="Convert a published ROSA-Tuning checkpoint's ROSA tensors "
                                      "into a rosa_lightning adapter file.")
     parser.add_argument("src", help="published checkpoint (.safetensors)")

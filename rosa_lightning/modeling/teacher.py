@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import rosa_layers
+
 _MASK = 0xFFFFFFFF
 
 
@@ -45,7 +47,6 @@ class HashTeacher:
     """
 
     def __init__(self, model: nn.Module, seed: int = 0) -> None:
-        from .model import rosa_layers
 
         self.layers = rosa_layers(model)
         if not self.layers:

@@ -48,7 +48,7 @@ def save_backbone(path: Path, seed: int = 0) -> Path:
 
 def save_merged(backbone: Path, path: Path, window: int = 64, seed: int = 1) -> Path:
     """A merged ROSA model (window ``window``, ROSA on layer 1, branches that inject something) + tokenizer."""
-    model = build_rosa_model(str(backbone), RosaConfig(window=window, global_layers=1, num_threads=1))
+    model = build_rosa_model(str(backbone), RosaConfig(window=window, global_layers=1, runtime=dict(num_threads=1)))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in rosa_layers(model):

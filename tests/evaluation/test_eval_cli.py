@@ -156,8 +156,8 @@ def test_arm_labels():
     cfg = Qwen3Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                       intermediate_size=64, vocab_size=VOCAB)
     label = lambda **kw: arm_label(build_rosa_model(cfg, RosaConfig(**kw)))  # noqa: E731
-    assert label(window=None, enabled=False) == "global"
-    assert label(window=8, enabled=False) == "window"
+    assert label(window=None, runtime=dict(enabled=False)) == "global"
+    assert label(window=8, runtime=dict(enabled=False)) == "window"
     assert label(window=8) == "window+rosa"
     assert label(window=8, token_channel="shared") == "window+rosa+token"
     assert label(window=8, global_layers=2) == "window"  # no layer carries a branch
@@ -193,4 +193,4 @@ def test_baseline_arms_of_a_plain_backbone(tmp_path, baseline, label, window):
     assert cfg.arm == label
     model, _, source = load_inference_model(cfg)
     assert source.kind == "backbone" and arm_label(model) == label and model.config.sliding_window == window
-    assert not model.rosa_runtime.config.enabled
+    assert not model.rosa_config.enabled

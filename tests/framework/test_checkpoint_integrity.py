@@ -11,7 +11,7 @@ from tests.framework.conftest import compose_cfg
 SHORT = ["logger=csv", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "data.batch_size=4",
          "data.source.num_train=64", "callbacks.model_checkpoint.every_n_train_steps=2"]
 # the default experiment uses bits 8 with kv_shift and qk_tied; the published branch has none of them
-PUBLISHED = ["model.rosa.bits=4", "model.rosa.kv_shift=false", "model.rosa.qk_tied=false"]
+PUBLISHED = ["model.rosa.bits=4", "model/rosa/inputs=published"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
 def test_checkpoint_stores_config_and_checksum(trained):
     ckpt, module = trained
     saved = torch.load(ckpt, weights_only=False)
-    assert saved["rosa_config"] == module.model.rosa_runtime.config.to_dict()
+    assert saved["rosa_config"] == module.model.rosa_config.to_dict()
     assert len(saved[CHECKSUM_KEY]) == 64 and saved["rosa_train_state"]["backbone_trained"] is True
 
 
@@ -32,8 +32,8 @@ def test_resume_with_another_layout_names_the_fields(trained, tmp_path):
     ckpt, _ = trained
     cfg = compose_cfg(tmp_path, SHORT + PUBLISHED + ["trainer.max_steps=4", f"ckpt_path={ckpt}"])
     with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt was trained with a different ROSA configuration "
-                                         r"\(bits: saved 8, current 4; kv_shift: saved True, current False; "
-                                         r"qk_tied: saved True, current False\)"):
+                                         r"\(bits: saved 8, current 4; inputs.kv_shift: saved True, current False; "
+                                         r"inputs.qk_tied: saved True, current False\)"):
         train(cfg)
 
 
@@ -89,5 +89,5 @@ def test_init_from_may_change_the_window(trained, tmp_path):
     ckpt, module = trained  # window 16; the published protocol converts a model to another window
     started = hydra.utils.instantiate(compose_cfg(tmp_path, SHORT + ["model.rosa.window=8",
                                                                      f"model.init_from={ckpt}"]).model)
-    assert started.model.rosa_runtime.config.window == 8 and started.backbone_trained is True
+    assert started.model.rosa_config.window == 8 and started.backbone_trained is True
     assert torch.equal(started.model.model.layers[1].rosa.q_proj.weight, module.model.model.layers[1].rosa.q_proj.weight)

@@ -15,7 +15,7 @@ def _model(token_channel="off"):
     torch.manual_seed(0)
     cfg = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=16, vocab_size=97, tie_word_embeddings=True)
-    model = build_rosa_model(cfg, RosaConfig(window=8, global_layers=1, token_channel=token_channel, num_threads=1))
+    model = build_rosa_model(cfg, RosaConfig(window=8, global_layers=1, token_channel=token_channel, runtime=dict(num_threads=1)))
     with torch.no_grad():
         for layer in rosa_layers(model):
             layer.rosa.e0.normal_()

@@ -24,7 +24,7 @@ def test_no_rosa_layer_is_refused(make_cfg, overrides):
 
 def test_token_channel_alone_and_disabled_rosa_are_allowed(make_cfg):
     assert _model(make_cfg, "model.rosa.rosa_layers=[]", "model.rosa.token_channel=shared") is not None
-    assert _model(make_cfg, "model.rosa.global_layers=2", "model.rosa.enabled=false") is not None
+    assert _model(make_cfg, "model.rosa.global_layers=2", "model.rosa.runtime.enabled=false") is not None
 
 
 def test_bits_true_is_refused(make_cfg):
@@ -42,7 +42,7 @@ def test_window_not_shorter_than_the_rows_fails_before_training(make_cfg, tmp_pa
 
 def test_kernel_threads_beyond_the_machine_fail_before_training(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="num_threads=100000 is more than this machine allows"):
-        train(make_cfg(*SHORT, "model.rosa.num_threads=100000"))
+        train(make_cfg(*SHORT, "model.rosa.runtime.num_threads=100000"))
     assert not (tmp_path / "checkpoints").exists()
 
 

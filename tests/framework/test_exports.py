@@ -33,7 +33,7 @@ def test_merged_model_reloads_with_the_same_logits(make_cfg, tmp_path, caplog):
     merged = tmp_path / "model"
     again = RosaQwen3ForCausalLM.from_pretrained(merged).eval()
     model = objects["model"].model.eval()
-    assert again.config.rosa == model.rosa_runtime.config.to_dict()
+    assert again.config.rosa == model.rosa_config.to_dict()
     assert list(merged.glob("*.safetensors")) and not list(merged.glob("tokenizer*"))
     assert "without a tokenizer" in caplog.text
     ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
