@@ -59,6 +59,8 @@ class RosaLitModule(L.LightningModule):
         nonfinite: what a NaN/inf training loss or gradient does: "raise" stops training with an error naming
             the step and the value; "skip" leaves the weights and optimizer state of that step unchanged (the
             step still counts for the schedule) and counts it in ``train/nonfinite_skipped``.
+        gradient_checkpointing: activation checkpointing of every decoder layer (non-reentrant); the ROSA
+            layers' recompute reuses the first forward's retrieval, so the kernel still runs once per layer and step.
     """
 
     def __init__(self, backbone: Any, rosa: Any, optimizer: Callable, scheduler: Optional[Callable] = None,
@@ -66,7 +68,8 @@ class RosaLitModule(L.LightningModule):
                  stage_a_tokens: Optional[int] = None, from_scratch: bool = False,
                  torch_dtype: Optional[str] = None, attn_implementation: str = "sdpa",
                  init_from: Optional[str] = None, hash_teacher: Optional[Mapping] = None,
-                 nonfinite: str = "raise", loss_chunk_tokens: Optional[int] = None) -> None:
+                 nonfinite: str = "raise", loss_chunk_tokens: Optional[int] = None,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {stage!r}")
@@ -75,13 +78,16 @@ class RosaLitModule(L.LightningModule):
                                               or loss_chunk_tokens < 1):
             raise ValueError(f"model.loss_chunk_tokens must be an int >= 1 or null, got {loss_chunk_tokens!r}")
         self.loss_chunk_tokens = loss_chunk_tokens
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"model.gradient_checkpointing must be true or false, got {gradient_checkpointing!r}")
         # plain containers only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(_plain({"backbone": backbone, "rosa": rosa, "lr": lr, "weight_decay": weight_decay,
                                           "stage": stage, "stage_a_tokens": stage_a_tokens,
                                           "from_scratch": from_scratch, "torch_dtype": torch_dtype,
                                           "attn_implementation": attn_implementation, "init_from": init_from,
                                           "hash_teacher": hash_teacher, "nonfinite": nonfinite,
-                                          "loss_chunk_tokens": loss_chunk_tokens}),
+                                          "loss_chunk_tokens": loss_chunk_tokens,
+                                          "gradient_checkpointing": gradient_checkpointing}),
                                   logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr = {"A": {"rosa": 3e-4, "rosa_min": 5e-5},
@@ -94,6 +100,10 @@ class RosaLitModule(L.LightningModule):
         self.model = build_model(backbone, rosa, torch_dtype=torch_dtype,
                                  attn_implementation=attn_implementation, from_scratch=from_scratch)
         check_has_rosa(len(rosa_layers(self.model)), self.model.rosa_config)
+        if gradient_checkpointing:
+            # non-reentrant (HF's default): the first forward computes the counterfactuals, and the retriever answers
+            # each ROSA layer's recompute from its kept result (docs/pipeline.md §1)
+            self.model.activation_checkpointing_enable()
         # an adapter alone reproduces this run only with the backbone it started from; record when it
         # was trained too (stage B here, or in the run ``init_from`` continues)
         self.backbone_trained = stage == "B"
