@@ -76,13 +76,15 @@ def settings(smoke: bool, logs: Path) -> dict:
                   "data.source.corpus.val_fraction=0.2", "data.source.corpus.test_fraction=0.3",
                   "data.source.max_val_rows=8", "data.batch_size=2", "data.source.corpus.min_file_bytes=100"]
         return {"smoke": True, "seq_len": 128, "window": 16, "pretrain_steps": 3, "stage_a_steps": 2, "stage_b_steps": 2,
-                "task_records": 3, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 2, "ppl_rows": 4,
-                "backbone": ["model.backbone.max_position_embeddings=2048"],
+                "task_records": 2, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2,
+                "backbone": ["model.backbone.max_position_embeddings=2048", "model.backbone.num_hidden_layers=2",
+                             "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128",
+                             "model.backbone.head_dim=16"],
                 "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                           "trainer.log_every_n_steps=1"]}
-    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1200, "stage_a_steps": 150, "stage_b_steps": 100,
+    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1400, "stage_a_steps": 250, "stage_b_steps": 150,
             "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64,
-            "backbone": [], "extra": [f"data.source.corpus.cache_dir={logs}/corpus"]}
+            "backbone": [], "extra": []}  # the corpus cache stays in ${paths.data_dir}/code_corpus
 
 
 def common_overrides(s: dict) -> list[str]:
@@ -190,7 +192,7 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     result["scores"] = {"lcc": evaluated["longbench"]["lcc"], "repobench-p": evaluated["longbench"]["repobench-p"],
                         **{f"niah_{n}": v for n, v in evaluated["niah"].items()}}
     docs = hydra.utils.instantiate(cfg.data.source).corpus.documents("test")
-    loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=4,
+    loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=min(4, s["ppl_rows"]),
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
     result["eval_s"] = clock()
@@ -252,6 +254,9 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
     md.append(f"\nPretraining: {pre['steps']} steps, {pre['train_s'] / 60:.1f} min.\n")
     text = "".join(md)
     (out / "results.md").write_text(text)
+    readme = out / "README.md"
+    if readme.is_file() and not s["smoke"]:  # the README's results block is this table
+        write_results_block(readme, text)
     write_json(out / "results.json", {"settings": {k: v for k, v in s.items() if k not in ("extra", "backbone")},
                                       "pretrain": pre, "summary": summary, "runs": results})
 
@@ -272,6 +277,19 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
          "vline": L, "series": {LABELS[a]: (s["niah"], [summary["table"][a][f"niah_{n}"] for n in s["niah"]])
                                 for a in arms}}], ncols=1, logx=True)
     return text
+
+
+RESULTS_BEGIN, RESULTS_END = "<!-- results: written by run.py -->", "<!-- end of results -->"
+
+
+def write_results_block(readme: Path, text: str) -> None:
+    """Replace the text between the README's results markers with ``text`` (nothing happens without them)."""
+    doc = readme.read_text()
+    if RESULTS_BEGIN not in doc or RESULTS_END not in doc:
+        return
+    head, rest = doc.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    readme.write_text(f"{head}{RESULTS_BEGIN}\n{text}{RESULTS_END}{tail}")
 
 
 def main(argv=None) -> int:

@@ -148,7 +148,8 @@ def cross_file_context(line: str, pool: Sequence[str], exclude: str, budget_char
     taken around where the other texts of ``pool`` define (or else mention) a name of that line, padded with
     snippets of random texts. About ``budget_chars`` characters in all.
     Returns (context, number of snippets that hold a definition of a name of the line)."""
-    names = [n for n in dict.fromkeys(re.findall(r"[A-Za-z_]\w{4,}", line)) if n not in _KEYWORDS]
+    names = [n for n in dict.fromkeys(re.findall(r"[A-Za-z_]\w{4,}", line))
+             if n not in _KEYWORDS and not n.startswith("__")]
     chosen: List[tuple[str, int]] = []
     for name in names:
         pattern = re.compile(rf"^\s*(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", re.M)

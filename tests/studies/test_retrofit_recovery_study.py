@@ -1,0 +1,40 @@
+"""Seconds-long run of ``python -m experiments.retrofit_recovery.run --smoke``: pretraining on a few stdlib files,
+the plain Qwen3 export, the held-out LongBench-format task files, every arm trained or built and evaluated through
+the evaluation API; a second invocation reuses every finished arm."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "experiments.retrofit_recovery.run"  # run from the repository root, as its README says
+
+
+def test_retrofit_recovery_smoke(tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    cmd = [sys.executable, "-m", MODULE, "--smoke", "--out", str(out), "--logs", str(logs)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    table, runs = results["summary"]["table"], results["runs"]
+    assert set(table) == {"global", "window", "window_all", "rosa_published", "rosa_recommended", "stage_b", "token"}
+    for arm, row in table.items():
+        assert 0.0 <= row["lcc"] <= 100.0 and 0.0 <= row["repobench-p"] <= 100.0 and 0.0 <= row["niah_1024"] <= 100.0
+        assert math.isfinite(row["ppl_beyond_window"]) and row["ppl_beyond_window"] > 1.0
+    assert runs["global"]["window"] is None and runs["window"]["window"] == 16
+    assert runs["stage_b"]["after"] in ("rosa_published", "rosa_recommended")
+    assert set(results["summary"]["recovered"]) == set(table) - {"global", "window"}
+    # the exported backbone is a plain Qwen3 directory with its tokenizer
+    config = json.loads((logs / "backbone" / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and "rosa" not in config
+    assert (logs / "backbone" / "tokenizer.json").is_file()
+    for name in ("lcc.jsonl", "repobench-p.jsonl"):
+        record = json.loads((logs / "tasks" / name).read_text().splitlines()[0])
+        assert record["answers"] and record["context"]
+    assert "window + ROSA (recommended)" in (out / "results.md").read_text()
+    for png in ("perplexity_vs_position.png", "score_vs_length.png"):
+        assert (out / png).stat().st_size > 1000
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
