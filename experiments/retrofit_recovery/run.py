@@ -76,7 +76,7 @@ def settings(smoke: bool, logs: Path) -> dict:
                   "data.source.corpus.val_fraction=0.2", "data.source.corpus.test_fraction=0.3",
                   "data.source.max_val_rows=8", "data.batch_size=2", "data.source.corpus.min_file_bytes=100"]
         return {"smoke": True, "seq_len": 128, "window": 16, "pretrain_steps": 3, "stage_a_steps": 2, "stage_b_steps": 2,
-                "task_records": 2, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2,
+                "task_records": 1, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2,
                 "backbone": ["model.backbone.max_position_embeddings=2048", "model.backbone.num_hidden_layers=2",
                              "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128",
                              "model.backbone.head_dim=16"],

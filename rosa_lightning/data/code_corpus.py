@@ -80,9 +80,11 @@ def scan_files(roots: Sequence[str], min_bytes: int, max_bytes: int, files: Opti
 class CodeCorpus:
     """Python files as documents, deduplicated, split by content hash, with a cached local BPE tokenizer.
 
-    ``cache_dir``: where the file list (``files.json``) and the tokenizer directory (``tokenizer/``) are kept;
-    ``None`` recomputes both on every use. ``budget_bytes``: at most this many bytes of files per split (files in
-    hash order), ``None`` = all.
+    ``cache_dir``: where the file list (``files.json``), the tokenizer directory (``tokenizer_<vocab_size>/``) and
+    the token ids are kept; ``None`` recomputes them on every use. ``tokenizer_path``: a Hugging Face tokenizer
+    (directory or hub id, e.g. the backbone a run tunes) to use instead of training one. ``budget_bytes``: at
+    most this many bytes of files per split (files in hash order), ``None`` = all. ``held_out_fraction``: when
+    set, the validation and test splits get half of it each (the stdlib corpus's key).
     """
 
     cache_dir: Optional[str] = None
@@ -94,8 +96,12 @@ class CodeCorpus:
     min_file_bytes: int = 1000
     max_file_bytes: int = 200_000
     budget_bytes: Dict[str, Optional[int]] = field(default_factory=lambda: {"train": None, "val": None, "test": None})
+    tokenizer_path: Optional[str] = None
+    held_out_fraction: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.held_out_fraction is not None:
+            self.val_fraction = self.test_fraction = float(self.held_out_fraction) / 2
         self.roots = [str(r) for r in self.roots] if self.roots else default_roots()
         self.files = [str(f) for f in self.files] if self.files is not None else None
         budget = {str(k): (None if v is None else int(v)) for k, v in dict(self.budget_bytes or {}).items()}
@@ -149,13 +155,19 @@ class CodeCorpus:
 
     @property
     def tokenizer(self):
-        """A ``PreTrainedTokenizerFast`` (EOS = pad = ``EOT``, id 0; no BOS is added to encodings)."""
+        """The ``tokenizer_path`` tokenizer, or the corpus's own ``PreTrainedTokenizerFast`` (EOS = pad = ``EOT``,
+        id 0; no BOS is added to encodings)."""
         if self._tokenizer is None:
             self._tokenizer = self._load_tokenizer()
         return self._tokenizer
 
     def _load_tokenizer(self):
         from transformers import PreTrainedTokenizerFast
+
+        if self.tokenizer_path is not None:
+            from rosa_lightning.data.loading import load_tokenizer
+
+            return load_tokenizer(str(self.tokenizer_path), config_key="data.source.corpus.tokenizer_path")
 
         target = Path(self.cache_dir) / f"tokenizer_{self.vocab_size}" if self.cache_dir else None
         if target is not None and (target / "tokenizer.json").is_file():
@@ -174,11 +186,21 @@ class CodeCorpus:
 
     @property
     def eot_id(self) -> int:
-        return int(self.tokenizer.convert_tokens_to_ids(EOT))
+        """The id that separates documents: the tokenizer's EOS (``EOT`` for the corpus's own tokenizer)."""
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("CodeCorpus: the tokenizer has no EOS token to separate documents with")
+        return int(eos)
+
+    def _token_cache_name(self, split: str) -> str:
+        if self.tokenizer_path is None:
+            return f"tokens_{self.vocab_size}_{split}.npz"
+        tag = hashlib.sha1(str(self.tokenizer_path).encode()).hexdigest()[:12]
+        return f"tokens_{tag}_{split}.npz"
 
     def documents(self, split: str) -> List[np.ndarray]:
-        """Token ids per document of ``split`` (int32 [n_i]), each opened by the EOT id."""
-        cache = Path(self.cache_dir) / f"tokens_{self.vocab_size}_{split}.npz" if self.cache_dir else None
+        """Token ids per document of ``split`` (int32 [n_i]), each opened by ``eot_id``."""
+        cache = Path(self.cache_dir) / self._token_cache_name(split) if self.cache_dir else None
         paths = self.split_files(split)
         key = hashlib.sha1("\n".join(paths).encode()).hexdigest()
         if cache is not None and cache.is_file():

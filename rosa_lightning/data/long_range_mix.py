@@ -56,10 +56,19 @@ def word_pool(texts: Sequence[str], size: int = 2000) -> List[str]:
     return words
 
 
-def next_line_split(lines: List[str], rng: np.random.Generator, lo: int) -> Optional[int]:
-    """An index j >= lo of a line worth predicting (non-blank, not only a comment); None if there is none."""
-    choices = [j for j in range(lo, len(lines)) if lines[j].strip() and not lines[j].strip().startswith("#")]
-    return int(rng.choice(choices)) if choices else None
+def worth_predicting(line: str) -> bool:
+    """A line a completion task asks for: not blank, not only a comment, not a string or docstring line."""
+    text = line.strip()
+    return bool(text) and not text.startswith(("#", '"', "'"))
+
+
+def next_line_split(lines: List[str], rng: np.random.Generator, lo: int, hi: int) -> Optional[int]:
+    """A random index j in [lo, hi] of a line worth predicting, else the first one after hi; None if none."""
+    hi = min(hi, len(lines) - 1)
+    choices = [j for j in range(max(0, lo), hi + 1) if worth_predicting(lines[j])]
+    if choices:
+        return int(rng.choice(choices))
+    return next((j for j in range(hi + 1, len(lines)) if worth_predicting(lines[j])), None)
 
 
 class TaskWriter:
@@ -126,17 +135,18 @@ class TaskWriter:
         text = self.texts[int(rng.integers(len(self.texts)))]
         lines = text.splitlines(keepends=True)
         prefix = self._lines_within(text, budget - 40, rng, start=0)
-        j = next_line_split(lines, rng, max(1, len(prefix) // 2))
-        if j is None or j > len(prefix):
-            j = len(prefix)
-        j = min(j, len(lines) - 1)
+        j = next_line_split(lines, rng, len(prefix) // 2, len(prefix))
+        if j is None:
+            return self._repeat(budget, rng)
         return CODE_PROMPT + "".join(lines[:j]) + NEXT_LINE + lines[j].rstrip("\n")
 
     def _repobench(self, budget: int, rng: np.random.Generator) -> str:
         target = self.texts[int(rng.integers(len(self.texts)))]
         lines = target.splitlines(keepends=True)
         prefix = self._lines_within(target, budget // 2, rng, start=0)
-        j = min(next_line_split(lines, rng, max(1, len(prefix) // 2)) or len(prefix), len(prefix), len(lines) - 1)
+        j = next_line_split(lines, rng, len(prefix) // 2, len(prefix))
+        if j is None:
+            return self._repeat(budget, rng)
         pool = [self.texts[int(i)] for i in rng.choice(len(self.texts), min(len(self.texts), 300), replace=False)]
         context, _ = cross_file_context(lines[j], pool, target, int(budget // 2 * self.chars_per_token), rng)
         return CODE_PROMPT + context + "".join(lines[:j]) + NEXT_LINE + lines[j].rstrip("\n")
@@ -228,12 +238,14 @@ class LongRangeMixDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
         budget = int(rng.integers(self.seq_len // 4, self.seq_len))
-        for _ in range(6):
+        for attempt in range(8):
+            if attempt == 6:  # the kind does not fit this row length (a needle's template is long): repeat instead
+                kind, budget = "repeat", self.seq_len // 2
             ids = [self.eot_id, *self.encode(self.writer.write(kind, budget, rng)), self.eot_id]
             if len(ids) <= self.seq_len:
                 break
             budget = int(budget * 0.8)
-        ids = ids[-self.seq_len:]
+        ids = ids[-self.seq_len:]  # only when even the shortest repeat was too long
         filler = self.code_rows[int(rng.integers(len(self.code_rows)))]
         row = np.concatenate([filler[: self.seq_len - len(ids)], np.asarray(ids, dtype=np.int32)])
         return row.astype(np.int64), kind

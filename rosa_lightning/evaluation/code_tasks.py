@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import numpy as np
 
-from rosa_lightning.data.long_range_mix import CODE_PROMPT, NEXT_LINE, cross_file_context, next_line_split
+from rosa_lightning.data.long_range_mix import CODE_PROMPT, NEXT_LINE, cross_file_context, worth_predicting
 
 PROMPT_OVERHEAD = CODE_PROMPT + NEXT_LINE
 
@@ -36,7 +36,7 @@ def _cut_points(lines: List[str], count, lo_tokens: int, hi_tokens: int) -> List
     """Line indices j (the line to predict) whose prefix ``lines[:j]`` has ``lo_tokens``..``hi_tokens`` tokens."""
     total, out = 0, []
     for j, line in enumerate(lines):
-        if lo_tokens <= total <= hi_tokens and line.strip() and not line.strip().startswith(("#", '"', "'")):
+        if lo_tokens <= total <= hi_tokens and worth_predicting(line):
             out.append(j)
         total += count(line)
         if total > hi_tokens:
