@@ -114,7 +114,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if report.start_step is None and cfg.get("ckpt_path"):
         log.warning(finished_run_message(cfg.ckpt_path, trainer))
     # one record, after the loggers' own end-of-run output, so it is the last thing printed
-    log.info("\n".join(summary_lines(trainer, metrics, report, cfg.paths.output_dir, files)))
+    if trainer.is_global_zero:  # one summary per run, not one per rank
+        log.info("\n".join(summary_lines(trainer, metrics, report, cfg.paths.output_dir, files)))
     return metrics, objects
 
 

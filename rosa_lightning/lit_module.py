@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from rosa_lightning.callbacks.checkpoint_io import verify_checkpoint
 from rosa_lightning.data.hub import resolve_reference
@@ -24,7 +25,7 @@ from rosa_lightning.data.loading import backbone_reference
 from rosa_lightning.guards import (check_has_rosa, check_nonfinite_mode, check_token_ids, check_window_fits,
                                    first_nonfinite_grad, nonfinite_grad_error, nonfinite_loss_error)
 from rosa_lightning.modeling import (RosaConfig, build_rosa_model, freeze_backbone, is_rosa_parameter, load_adapter,
-                                     read_adapter_metadata)
+                                     read_adapter_metadata, unused_parameters)
 from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
 from rosa_lightning.modeling.losses import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
                                             shifted_cross_entropy)
@@ -126,19 +127,30 @@ class RosaLitModule(L.LightningModule):
         else:
             for p in self.model.parameters():
                 p.requires_grad_(True)
+        for _, p in unused_parameters(self.model):  # no gradient ever reaches them (DDP refuses those)
+            p.requires_grad_(False)
 
     def _maybe_enter_stage_b(self) -> None:
         budget = self.hparams.stage_a_tokens
         if self.stage != "A" or budget is None or self.tokens_seen < budget:
             return
-        if self.trainer.world_size > 1:
-            raise RuntimeError("the in-run switch to stage B is single-process only; on several ranks run "
-                               "stage B separately: train.stage=B model.init_from=<stage-A checkpoint>")
+        # Every rank counts the same tokens (batch size x world size per step), so all of them switch at this step.
+        strategy = self.trainer.strategy
+        wrapped = isinstance(strategy.model, DistributedDataParallel)
+        if self.trainer.world_size > 1 and not wrapped:
+            raise RuntimeError(f"the in-run switch to stage B on several ranks supports DDP, not "
+                               f"{type(strategy).__name__}; run stage B separately: train.stage=B "
+                               f"model.init_from=<stage-A checkpoint>")
         self.stage = "B"
         self.backbone_trained = True
         self.stage_started_step = self.global_step
         self._apply_stage()
-        self.trainer.strategy.setup_optimizers(self.trainer)  # new groups; the schedule restarts
+        if wrapped:
+            # DDP registers the parameters that require gradients when it wraps the model: wrap again, so the
+            # backbone's gradients are all-reduced too (the old wrapper's reducer is dropped with it)
+            strategy.model = self
+            strategy.configure_ddp()
+        strategy.setup_optimizers(self.trainer)  # new groups; the schedule restarts
         self.print(f"stage B from step {self.global_step} ({self.tokens_seen} tokens seen)")
 
     # ---- forward and loss ---------------------------------------------------------------------
@@ -262,6 +274,7 @@ class RosaLitModule(L.LightningModule):
         state = checkpoint.get("rosa_train_state")
         if state is None:
             return
+        drop_unused_from_optimizer_state(checkpoint, self.model, state["stage"])
         self.backbone_trained = bool(state.get("backbone_trained", state["stage"] == "B"))
         self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         self.tokens_seen = int(state["tokens_seen"])
@@ -302,6 +315,30 @@ def teacher_config(cfg: Optional[Mapping]) -> Optional[dict]:
         return None
     out["weight"] = float(out["weight"])
     return out
+
+
+def drop_unused_from_optimizer_state(checkpoint: dict, model: torch.nn.Module, stage: str) -> None:
+    """Convert a checkpoint written when unused parameters (``unused_parameters``) were still in the optimizer's
+    groups: remove them from the saved groups, so the optimizer state loads into today's groups. They never had a
+    gradient, so they hold no state; nothing else changes. A no-op for checkpoints written since."""
+    unused = {name for name, _ in unused_parameters(model)}
+    if not unused:
+        return
+    names: dict[str, list[str]] = {}  # the groups as they were built with every parameter of the stage
+    for name, p in model.named_parameters():
+        if stage == "A" and not is_rosa_parameter(name):
+            continue
+        part = "rosa" if is_rosa_parameter(name) else "backbone"
+        names.setdefault(part if p.ndim >= 2 else f"{part}_no_decay", []).append(name)
+    for opt in checkpoint.get("optimizer_states") or []:
+        for group in opt.get("param_groups", []):
+            old = names.get(group.get("name"), [])
+            if len(group["params"]) != len(old) or not unused.intersection(old):
+                continue  # already without them, or groups of another layout (the optimizer reports it)
+            dropped = [pid for pid, name in zip(group["params"], old) if name in unused]
+            group["params"] = [pid for pid, name in zip(group["params"], old) if name not in unused]
+            for pid in dropped:
+                opt.get("state", {}).pop(pid, None)
 
 
 def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, stage: str) -> list[dict]:

@@ -24,6 +24,7 @@ Timing, logged every ``log_every_n_steps`` training steps:
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Optional, Union
 
@@ -34,6 +35,8 @@ from rosa_lightning.modeling import attach_pipeline, rosa_timing_stats
 from rosa_lightning.retrieval.budget import cpu_budget
 from rosa_lightning.retrieval.pipeline import RetrievalPipeline
 from rosa_lightning.retrieval.validation import usable_cores
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalRuntime(L.Callback):
@@ -77,6 +80,9 @@ class RetrievalRuntime(L.Callback):
             torch.set_num_threads(int(self.torch_threads))
         self._close()
         self.executor = self._start_executor(pl_module.model, self.budget["kernel"])
+        log.info("rank %d/%d: %d of %d cores (%d ranks on this node, %d DataLoader workers): %d retrieval kernel "
+                 "threads, %d torch threads", trainer.global_rank, trainer.world_size, self.budget["per_rank"],
+                 usable_cores(), local_world, workers, self.executor.num_threads, torch.get_num_threads())
 
     def _start_executor(self, model: torch.nn.Module, kernel_threads: int) -> Any:
         wanted = model.rosa_config.runtime.num_threads

@@ -15,7 +15,8 @@ from .config import RosaConfig, RuntimeOptions
 from .counterfactual import GradOptions
 from .layer import RosaQwen3DecoderLayer
 from .model import (RosaQwen3ForCausalLM, RosaQwen3Model, apply_rosa, attach_pipeline, freeze_backbone,
-                    is_rosa_parameter, rosa_layers, rosa_named_parameters, rosa_parameters, rosa_timing_stats)
+                    is_rosa_parameter, rosa_layers, rosa_named_parameters, rosa_parameters, rosa_timing_stats,
+                    unused_parameters)
 from .token_channel import RosaTokenChannel
 from .windowing import apply_window, windowed_config
 
@@ -24,6 +25,7 @@ __all__ = [
     "RosaQwen3ForCausalLM", "RosaQwen3Model", "RosaTiming", "RosaTokenChannel", "RuntimeOptions", "apply_rosa",
     "apply_window", "attach_pipeline", "build_rosa_model", "convert_published_state_dict", "freeze_backbone",
     "is_rosa_parameter", "load_adapter", "read_adapter_config", "read_adapter_metadata", "rosa_layers",
-    "rosa_named_parameters", "rosa_parameters", "rosa_timing_stats", "save_adapter", "windowed_config",
+    "rosa_named_parameters", "rosa_parameters", "rosa_timing_stats", "save_adapter", "unused_parameters",
+    "windowed_config",
     "write_adapter_file",
 ]

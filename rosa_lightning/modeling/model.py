@@ -289,6 +289,21 @@ def freeze_backbone(model: nn.Module) -> tuple[int, int]:
     return trainable, frozen
 
 
+def unused_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """ROSA parameters that no forward of this model reads: ``k_proj.weight`` of branches under ``qk_tied`` (K uses
+    Q's weight), and every ROSA parameter while ``runtime.enabled`` is False. Training gives them no gradient and
+    no optimizer state, which DDP and FSDP need (they refuse parameters that get no gradient)."""
+    rosa = getattr(model, "rosa_config", None)
+    if rosa is None:
+        return []
+    if not rosa.enabled:
+        return list(rosa_named_parameters(model))
+    if not rosa.inputs.qk_tied:
+        return []
+    prefix = {id(m): n for n, m in model.named_modules()}
+    return [(f"{prefix[id(layer.rosa.k_proj)]}.weight", layer.rosa.k_proj.weight) for layer in rosa_layers(model)]
+
+
 def rosa_layers(model: nn.Module) -> list[RosaQwen3DecoderLayer]:
     return [m for m in model.modules() if isinstance(m, RosaQwen3DecoderLayer)]
 
