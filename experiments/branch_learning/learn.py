@@ -1,8 +1,8 @@
 """Training and diagnostics of the branch-learning study (imported by ``run.py`` and ``loop_overhead.py``).
 
 A plain AdamW loop rather than ``train(cfg)``: the study-local ablations and per-step measurements below are not
-library options, and a step costs about the same on either path (README.md, "Why the arms train in their own
-loop").
+library options, and the two paths show no consistent per-step difference (README.md, "Why the arms train in
+their own loop").
 
 One *arm* is a tiny Qwen3 (every layer windowed, ROSA on every layer, token channel off) with a set of
 ``RosaConfig`` options, trained from scratch on MQAR answers with AdamW. Measured along training:
