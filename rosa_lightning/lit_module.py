@@ -29,7 +29,7 @@ from rosa_lightning.modeling import (RosaConfig, build_rosa_model, freeze_backbo
 from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
 from rosa_lightning.modeling.losses import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
                                             shifted_cross_entropy)
-from rosa_lightning.modeling.model import rosa_layers
+from rosa_lightning.modeling.parameters import rosa_layers
 from rosa_lightning.modeling.teacher import HashTeacher
 
 STAGES = ("A", "B")

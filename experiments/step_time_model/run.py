@@ -97,7 +97,6 @@ def layer_times(model: dict, T: int, window: int, rosa: bool) -> LayerTimes:
     mlp = 2 * T * 3 * C * I
     plain_fwd = attn_proj + attn_core + mlp
     branch_qk, branch_v, branch_out = 2 * 2 * T * C * C, 2 * T * C * C, 2 * T * C * C
-    branch_fwd = branch_qk + branch_v + branch_out if rosa else 0.0
     branch_bwd = (2 * (branch_qk + branch_v + branch_out) + branch_qk + branch_v) if rosa else 0.0
     return LayerTimes(pre=branch_qk / rate, window=(branch_v + attn_proj + attn_core) / rate,
                       post=(branch_out + mlp) / rate, backward=(2 * plain_fwd + branch_bwd) / rate,

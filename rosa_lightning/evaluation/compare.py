@@ -54,7 +54,11 @@ def plot_niah(all_results: list[dict], labels: list[str], path: Path) -> Optiona
     series = [(lab, sorted((int(n), v) for n, v in r.get("niah", {}).items())) for lab, r in zip(labels, all_results)]
     if not any(len(s) >= 2 for _, s in series):
         return None
-    import matplotlib
+    try:
+        import matplotlib  # optional: the `studies` extra (also part of `test`)
+    except ImportError as exc:
+        raise ImportError("the NIAH-versus-length plot of a comparison needs matplotlib: pip install -c "
+                          "constraints.txt -e \".[studies]\" (or compare without --out)") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -14,9 +14,9 @@ from .branch_inputs import InputOptions
 from .config import RosaConfig, RuntimeOptions
 from .counterfactual import GradOptions
 from .layer import RosaQwen3DecoderLayer
-from .model import (RosaQwen3ForCausalLM, RosaQwen3Model, apply_rosa, attach_pipeline, freeze_backbone,
-                    is_rosa_parameter, rosa_layers, rosa_named_parameters, rosa_parameters, rosa_timing_stats,
-                    unused_parameters)
+from .model import RosaQwen3ForCausalLM, RosaQwen3Model, apply_rosa, attach_pipeline, rosa_timing_stats
+from .parameters import (freeze_backbone, is_rosa_parameter, rosa_layers, rosa_named_parameters, rosa_parameters,
+                         unused_parameters)
 from .token_channel import RosaTokenChannel
 from .windowing import apply_window, windowed_config
 

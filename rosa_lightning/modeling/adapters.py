@@ -15,7 +15,7 @@ from rosa_lightning.fileio import atomic_write
 
 from .config import RosaConfig
 from .integrity import LAYOUT_FIELDS, check_finite, check_layout, tensor_checksum, verify_checksum
-from .model import rosa_named_parameters
+from .parameters import rosa_named_parameters
 
 ADAPTER_FILE = "rosa_adapter.safetensors"
 

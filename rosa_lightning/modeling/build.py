@@ -9,7 +9,8 @@ from transformers import Qwen3Config
 
 from .auto import as_rosa_config
 from .config import RosaConfig
-from .model import RosaQwen3ForCausalLM, is_rosa_parameter
+from .model import RosaQwen3ForCausalLM
+from .parameters import is_rosa_parameter
 from .windowing import windowed_config
 
 

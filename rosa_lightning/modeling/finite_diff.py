@@ -42,6 +42,7 @@ from torch import nn
 from rosa_lightning.retrieval import rosa_match
 
 from .counterfactual import GradOptions, counterfactual_logit_grads
+from .parameters import rosa_layers
 from .symbols import pack_symbols, run_starts
 
 STREAMS = ("q", "k", "v")
@@ -72,7 +73,6 @@ def randomize_values(model: nn.Module, scale: float = 1.0, seed: int = 0) -> Non
     At initialisation e0 = e1 = 0, so every counterfactual estimate and loss difference is exactly 0;
     the harness needs an active branch.
     """
-    from .model import rosa_layers
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from rosa_lightning.retrieval.indices import gather_time, index_dtype  # noqa: F401  (re-exported for modeling)
-
 
 def pack_symbols(z: torch.Tensor, bits: int) -> torch.Tensor:
     """Threshold logits at 0 and pack each route's bits into one symbol.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import rosa_layers
+from .parameters import rosa_layers
 
 _MASK = 0xFFFFFFFF
 
