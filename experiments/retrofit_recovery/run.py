@@ -23,6 +23,7 @@ continues where it stopped. Results (``results.json``, ``results.md``, plots) go
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import math
@@ -81,7 +82,7 @@ def settings(smoke: bool, logs: Path) -> dict:
                              "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128",
                              "model.backbone.head_dim=16"],
                 "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-                          "trainer.log_every_n_steps=1"]}
+                          "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1"]}
     return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1200, "stage_a_steps": 250, "stage_b_steps": 150,
             "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64,
             "backbone": [], "extra": []}  # the corpus cache stays in ${paths.data_dir}/code_corpus
@@ -92,6 +93,32 @@ def common_overrides(s: dict) -> list[str]:
             "+trainer.enable_model_summary=false", "+callbacks.retrieval_runtime.torch_threads=1"]
 
 
+def train_resuming(cfg, out_dir: Path):
+    """``runs.train_or_reuse``, continuing a killed run from its ``checkpoints/last.ckpt`` (exact resume through
+    ``ckpt_path``) instead of starting it again; its metrics then continue in a new ``csv/version_*``."""
+    from omegaconf import open_dict
+
+    ckpt = Path(out_dir) / "checkpoints" / "last.ckpt"
+    if ckpt.is_file() and not cfg.get("ckpt_path"):
+        step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1))
+        if 0 <= step < int(cfg.trainer.max_steps):
+            with open_dict(cfg):
+                cfg.ckpt_path = str(ckpt)
+    return runs.train_or_reuse(cfg, out_dir)
+
+
+def curves_of(out_dir: Path, key: str) -> tuple[list[int], list[float]]:
+    """``key`` over every ``csv/version_*`` of a run folder (a resumed run logs into a new version)."""
+    steps, values = [], []
+    for version in sorted(Path(out_dir).glob("csv/version_*"), key=lambda p: int(p.name[8:])):
+        with open(version / "metrics.csv", newline="") as f:
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        x, y = runs.curve(rows, key)
+        steps += x
+        values += y
+    return steps, values
+
+
 def pretrain(s: dict, logs: Path) -> tuple[Path, dict]:
     """Train (or reuse) the global model and export it as a plain Qwen3 directory; returns (dir, info)."""
     out_dir, backbone_dir = logs / "pretrain", logs / "backbone"
@@ -100,12 +127,11 @@ def pretrain(s: dict, logs: Path) -> tuple[Path, dict]:
     info_file = out_dir / "pretrain.json"
     if (backbone_dir / "config.json").is_file() and info_file.is_file():
         return backbone_dir, json.loads(info_file.read_text())
-    _, module, train_s, _ = runs.train_or_reuse(cfg, out_dir)
+    _, module, train_s, _ = train_resuming(cfg, out_dir)
     source = hydra.utils.instantiate(cfg.data.source)
     export_backbone(module, source.tokenizer, backbone_dir)
-    rows = runs.read_metrics(out_dir)
-    info = {"train_s": train_s, "steps": s["pretrain_steps"], "val_loss": runs.curve(rows, "val/loss"),
-            "train_loss": runs.curve(rows, "train/loss"), "step_s": runs.curve(rows, "time/step_s")[1]}
+    info = {"train_s": train_s, "steps": s["pretrain_steps"], "val_loss": curves_of(out_dir, "val/loss"),
+            "train_loss": curves_of(out_dir, "train/loss"), "step_s": curves_of(out_dir, "time/step_s")[1]}
     info_file.write_text(json.dumps(info))
     return backbone_dir, info
 
@@ -177,10 +203,9 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     cfg = arm_config(arm, s, logs, backbone, best_a)
     result: dict = {"arm": arm, "window": cfg.model.rosa.window, "train_s": 0.0}
     if arm in TRAINED:
-        _, module, result["train_s"], _ = runs.train_or_reuse(cfg, logs / arm)
-        rows = runs.read_metrics(logs / arm)
-        result["val_loss"] = runs.curve(rows, "val/loss")
-        result["step_s"] = runs.curve(rows, "time/step_s")[1]
+        _, module, result["train_s"], _ = train_resuming(cfg, logs / arm)
+        result["val_loss"] = curves_of(logs / arm, "val/loss")
+        result["step_s"] = curves_of(logs / arm, "time/step_s")[1]
     else:
         module = hydra.utils.instantiate(cfg.model)
     module.eval()
