@@ -32,9 +32,8 @@ import lightning as L
 import torch
 
 from rosa_lightning.modeling import attach_pipeline, rosa_timing_stats
-from rosa_lightning.retrieval.budget import cpu_budget
+from rosa_lightning.retrieval.budget import cpu_budget, usable_cores
 from rosa_lightning.retrieval.pipeline import RetrievalPipeline
-from rosa_lightning.retrieval.validation import usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,16 @@ callback (``callbacks/runtime.py``), a lazily started pipeline, and the generati
     torch_threads  = 1 on accelerator ranks; on CPU ranks max(1, per_rank - num_workers)
 
 ``cpu_reserved`` is the rank's main thread, ``num_workers`` its DataLoader workers. An explicit thread count is
-used as given after the kernel's own limit check (``validation.resolve_threads``).
+used as given after the limit check below (``resolve_threads``), which every kernel entry point applies; a direct
+kernel call without a count (``rosa_match``, ``RosaStream``, ``rosa_next_token``, ``TokenStream`` with
+``num_threads=None``) uses every core the process may run on.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Union
 
-from .validation import resolve_threads, usable_cores
+import numpy as np
 
 
 def cpu_budget(usable: Optional[int] = None, local_world: int = 1, num_workers: int = 0, cpu_reserved: int = 1,
@@ -49,3 +52,67 @@ def kernel_threads(num_threads: Union[str, int] = "auto", *, local_world: int = 
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be 'auto' or an int >= 1, got {num_threads!r}")
     return resolve_threads(num_threads)  # fails here, at setup, for a count OpenMP cannot start
+
+
+# OpenMP aborts the whole process (not an exception) when it cannot create a thread; that happens near the
+# system's thread limit (measured: 20,000 threads ran and 40,000 aborted under pid_max = 32,768). More threads
+# than cores never speed the kernel up, so the cap sits far below that limit.
+THREADS_PER_CORE = 8
+MIN_THREAD_CAP = 64
+_LIMIT_FILES = ("/proc/sys/kernel/threads-max", "/proc/sys/kernel/pid_max", "/sys/fs/cgroup/pids.max",
+                "/sys/fs/cgroup/pids/pids.max")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def system_thread_limit() -> Optional[int]:
+    """The smallest of the limits on threads this process's user may create (None when none is known)."""
+    limits = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(int(soft))
+    except (ImportError, ValueError, OSError):
+        pass
+    for name in _LIMIT_FILES:
+        try:
+            with open(name) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def max_kernel_threads() -> int:
+    """The most kernel threads accepted: ``THREADS_PER_CORE`` per usable core (at least ``MIN_THREAD_CAP``),
+    and never more than half of the system's thread limit."""
+    cap = max(MIN_THREAD_CAP, THREADS_PER_CORE * usable_cores())
+    limit = system_thread_limit()
+    return max(1, min(cap, limit // 2)) if limit else cap
+
+
+def resolve_threads(num_threads: Optional[int]) -> int:
+    """None = every core this process may run on (its CPU affinity); an int must be in 1..``max_kernel_threads()``."""
+    if num_threads is None:
+        return usable_cores()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be None or a positive int, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cap = max_kernel_threads()
+    if num_threads > cap:
+        raise ValueError(f"num_threads={num_threads} is more than this machine allows for the retrieval kernel "
+                         f"({cap}: {THREADS_PER_CORE} per usable core of {usable_cores()}, at least {MIN_THREAD_CAP}, "
+                         f"and at most half the system thread limit {system_thread_limit()}); OpenMP would abort "
+                         f"the process near that limit. Use model.rosa.runtime.num_threads=auto or a number up to {cap}")
+    return int(num_threads)

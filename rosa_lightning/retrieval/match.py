@@ -8,7 +8,8 @@ import torch
 
 from . import _native
 from .result import RosaBuffers, RosaMatch
-from .validation import MAX_LENGTH, as_symbols, check_bits, resolve_threads
+from .budget import resolve_threads
+from .validation import MAX_LENGTH, as_symbols, check_bits
 
 _LAYOUTS = ("BTR", "BRT")
 

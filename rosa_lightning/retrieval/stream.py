@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from . import _native
-from .validation import MAX_LENGTH, as_symbols, check_bits, resolve_threads
+from .budget import resolve_threads
+from .validation import MAX_LENGTH, as_symbols, check_bits
 
 
 class RosaStream:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import _tokens
+from .budget import resolve_threads
 
 # States are int32 indices and a row holds at most 2 * tokens + 1 of them.
 MAX_ROW_TOKENS = 2**30 - 2
@@ -89,11 +90,11 @@ def _span(ids: np.ndarray, start: Any, lengths: Any) -> tuple[np.ndarray, np.nda
 
 
 def _threads(num_threads: Optional[int]) -> int:
-    if num_threads is None:
-        return max(1, torch.get_num_threads())
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+    """None = every core of the process, as for the retrieval kernel; an int within the kernels' thread limit."""
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                    or num_threads < 1):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    return int(num_threads)
+    return resolve_threads(None if num_threads is None else int(num_threads))
 
 
 def rosa_next_token(
@@ -108,7 +109,7 @@ def rosa_next_token(
 
     Args:
         ids: int64 or int32 [B, T] token ids (numpy or CPU torch), non-negative at real positions.
-        num_threads: OpenMP threads over rows (None = ``torch.get_num_threads()``); the result
+        num_threads: OpenMP threads over rows (None = every core this process may use); the result
             does not depend on it.
         start: optional int or int [B], index of each row's first real token (left padding).
         lengths: optional int or int [B], index one past each row's last real token.

@@ -1,7 +1,7 @@
 """CPU budget of the retrieval runtime (docs/pipeline.md §3)."""
 import pytest
 
-from rosa_lightning.callbacks.runtime import cpu_budget
+from rosa_lightning.retrieval.budget import cpu_budget
 
 
 @pytest.mark.parametrize("usable,world,workers,acc,kernel,torch_threads", [

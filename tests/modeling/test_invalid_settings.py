@@ -9,7 +9,7 @@ import torch
 from rosa_lightning.modeling import RosaConfig
 from rosa_lightning.retrieval import RetrievalPipeline, RetrievalTimeout
 from rosa_lightning.retrieval import rosa_match
-from rosa_lightning.retrieval.validation import max_kernel_threads
+from rosa_lightning.retrieval.budget import max_kernel_threads
 
 
 @pytest.mark.parametrize("field, value", [("bits", True), ("bits", 4.0), ("global_layers", True), ("window", True),
