@@ -25,6 +25,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
     return "\n".join(lines) + "\n"
 
 
+def binned_perplexity(losses: Sequence[float], width: int) -> tuple[list[int], list[float]]:
+    """Per-position losses -> (bin centres, perplexity of each bin's mean finite loss), ``width`` positions a bin."""
+    xs, ys = [], []
+    for lo in range(0, len(losses), width):
+        part = [x for x in losses[lo:lo + width] if math.isfinite(x)]
+        if part:
+            xs.append(lo + width // 2)
+            ys.append(math.exp(sum(part) / len(part)))
+    return xs, ys
+
+
 def write_json(path: Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=False, default=_jsonable) + "\n")
 

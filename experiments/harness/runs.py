@@ -21,6 +21,12 @@ from omegaconf import DictConfig, open_dict
 
 def compose(experiment: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """``conf/train.yaml`` with ``experiment=<experiment>`` and ``overrides``; outputs under ``output_dir``."""
+    return compose_config("train", [f"experiment={experiment}", *overrides], output_dir)
+
+
+def compose_config(config_name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
+    """``conf/<config_name>.yaml`` (``train`` or ``eval``) with ``overrides``, its ``${hydra:...}`` keys resolvable
+    and its outputs under ``output_dir``: what the entry point would run, without the command line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -31,8 +37,7 @@ def compose(experiment: str, overrides: Sequence[str], output_dir: Path) -> Dict
     output_dir = Path(output_dir).resolve()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=[f"experiment={experiment}", *overrides],
-                            return_hydra_config=True)
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(Path(CONFIG_DIR).parent)

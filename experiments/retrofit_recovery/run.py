@@ -34,8 +34,8 @@ import torch
 
 from experiments.harness import runs
 from experiments.harness.evaluate import loss_by_position
-from experiments.harness.report import line_panels, markdown_table, write_json
-from experiments.harness.runs import check_choices, stopwatch
+from experiments.harness.report import binned_perplexity, line_panels, markdown_table, write_json
+from experiments.harness.runs import check_choices, compose_config, stopwatch
 from experiments.retrofit_recovery.export_backbone import export_backbone
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
@@ -171,26 +171,8 @@ def arm_config(arm: str, s: dict, logs: Path, backbone: Path, best_a: str | None
 
 
 def compose_eval(overrides: list[str], out_dir: Path):
-    """``conf/eval.yaml`` with ``overrides``; outputs under ``out_dir`` (as ``runs.compose`` does for training)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from rosa_lightning.cli import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name="eval", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(Path(out_dir).resolve())
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    """``conf/eval.yaml`` with ``overrides``, outputs under ``out_dir`` (the eval entry point's config)."""
+    return compose_config("eval", overrides, out_dir)
 
 
 def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, tokenizer, best_a: str | None) -> dict:
@@ -286,13 +268,7 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
                                       "pretrain": pre, "summary": summary, "runs": results})
 
     def binned(losses: list[float]) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for lo in range(0, len(losses), BIN):
-            part = [x for x in losses[lo:lo + BIN] if math.isfinite(x)]
-            if part:
-                xs.append(lo + BIN // 2)
-                ys.append(math.exp(sum(part) / len(part)))
-        return xs, ys
+        return binned_perplexity(losses, BIN)
 
     line_panels(out / "perplexity_vs_position.png", [
         {"title": f"held-out perplexity by position (rows of {L})", "xlabel": "position t", "ylabel": "perplexity",

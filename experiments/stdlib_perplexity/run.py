@@ -23,7 +23,7 @@ import torch
 from experiments.harness import runs
 from experiments.harness.diagnostics import grad_norms_on_batch, retrieval_diagnostics
 from experiments.harness.evaluate import batches, loss_by_position
-from experiments.harness.report import line_panels, markdown_table, write_csv, write_json
+from experiments.harness.report import binned_perplexity, line_panels, markdown_table, write_csv, write_json
 from experiments.harness.runs import Job, check_choices, run_pool, stopwatch
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
@@ -164,13 +164,7 @@ def write_report(results: dict, summary: dict, s: dict, out: Path) -> str:
                                       "runs": results})
 
     def binned(losses: list[float]) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for lo in range(0, len(losses), BIN):
-            part = [x for x in losses[lo:lo + BIN] if math.isfinite(x)]
-            if part:
-                xs.append(lo + BIN // 2)
-                ys.append(math.exp(sum(part) / len(part)))
-        return xs, ys
+        return binned_perplexity(losses, BIN)
 
     line_panels(out / "perplexity_vs_position.png", [
         {"title": f"held-out perplexity by position (rows of {L})", "xlabel": "position t", "ylabel": "perplexity",
