@@ -317,6 +317,12 @@ def teacher_config(cfg: Optional[Mapping]) -> Optional[dict]:
     return out
 
 
+def group_name(name: str, p: torch.nn.Parameter) -> str:
+    """The optimizer group of a parameter: ROSA or backbone, matrices (decayed) or vectors (``_no_decay``)."""
+    part = "rosa" if is_rosa_parameter(name) else "backbone"
+    return part if p.ndim >= 2 else f"{part}_no_decay"
+
+
 def drop_unused_from_optimizer_state(checkpoint: dict, model: torch.nn.Module, stage: str) -> None:
     """Convert a checkpoint written when unused parameters (``unused_parameters``) were still in the optimizer's
     groups: remove them from the saved groups, so the optimizer state loads into today's groups. They never had a
@@ -328,8 +334,7 @@ def drop_unused_from_optimizer_state(checkpoint: dict, model: torch.nn.Module, s
     for name, p in model.named_parameters():
         if stage == "A" and not is_rosa_parameter(name):
             continue
-        part = "rosa" if is_rosa_parameter(name) else "backbone"
-        names.setdefault(part if p.ndim >= 2 else f"{part}_no_decay", []).append(name)
+        names.setdefault(group_name(name, p), []).append(name)
     for opt in checkpoint.get("optimizer_states") or []:
         for group in opt.get("param_groups", []):
             old = names.get(group.get("name"), [])
@@ -352,8 +357,7 @@ def parameter_groups(model: torch.nn.Module, lr: Mapping, weight_decay: float, s
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "rosa" if is_rosa_parameter(name) else "backbone"
-        buckets[part if p.ndim >= 2 else f"{part}_no_decay"].append(p)
+        buckets[group_name(name, p)].append(p)
     groups = []
     for name, params in buckets.items():
         if not params:

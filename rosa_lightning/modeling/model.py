@@ -29,7 +29,7 @@ from .branch import RosaBranch, RosaLinear, deferred_init, init_deferred
 from .config import RosaConfig
 from .generate import RosaGenerationMixin
 from .layer import RosaQwen3DecoderLayer
-from .parameters import rosa_layers
+from .parameters import is_rosa_parameter, rosa_layers
 from .token_channel import RosaTokenChannel
 
 
@@ -243,8 +243,8 @@ def _take_over(converted: nn.Module, tensors: dict[str, torch.Tensor]) -> set[st
         else:
             owner._buffers[leaf] = source
         taken.add(name)
-    missing = [n for n, t in converted.named_parameters(remove_duplicate=False) if n not in taken and not
-               any(part == "rosa" or part.startswith("rosa_") for part in n.split("."))]
+    missing = [n for n, t in converted.named_parameters(remove_duplicate=False)
+               if n not in taken and not is_rosa_parameter(n)]
     if missing:
         raise ValueError(f"apply_rosa: the model lacks Qwen3 parameters {missing[:8]}")
     return taken
