@@ -30,24 +30,28 @@ import math
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from experiments.harness import runs
 from experiments.harness.evaluate import loss_by_position
 from experiments.harness.report import binned_perplexity, line_panels, markdown_table, write_json
 from experiments.harness.runs import check_choices, compose_config, stopwatch
 from experiments.retrofit_recovery.export_backbone import export_backbone
+from rosa_lightning.data.long_range_mix import pack_rows
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-ARMS = ["global", "window", "window_all", "rosa_published", "rosa_recommended", "stage_b", "token"]
-TRAINED = {"rosa_published", "rosa_recommended", "stage_b", "token"}
+ARMS = ["global", "window", "window_all", "window_tuned", "rosa_published", "rosa_recommended", "stage_b", "token"]
+TRAINED = {"window_tuned", "rosa_published", "rosa_recommended", "stage_b", "token"}
 LABELS = {"global": "global", "window": "window (layer 0 global)", "window_all": "window (all layers)",
+          "window_tuned": "window + stage-B training, no ROSA",
           "rosa_published": "window + ROSA (published)", "rosa_recommended": "window + ROSA (recommended)",
           "stage_b": "window + ROSA, stage B", "token": "token channel"}
-TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b", "token", "window_all"]
+TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b", "token", "window_tuned", "window_all"]
 BIN = 32  # tokens per bin of the perplexity-by-position curve
 PUBLISHED_OPTIONS = ["model/rosa/inputs=published", "model/rosa/grad=published", "model.rosa.bits=4"]
 
@@ -77,14 +81,14 @@ def settings(smoke: bool, logs: Path) -> dict:
                   "data.source.corpus.val_fraction=0.2", "data.source.corpus.test_fraction=0.3",
                   "data.source.max_val_rows=8", "data.batch_size=2", "data.source.corpus.min_file_bytes=100"]
         return {"smoke": True, "seq_len": 128, "window": 16, "pretrain_steps": 3, "stage_a_steps": 2, "stage_b_steps": 2,
-                "task_records": 1, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2,
+                "task_records": 1, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2, "repeat_rows": 2,
                 "backbone": ["model.backbone.max_position_embeddings=2048", "model.backbone.num_hidden_layers=2",
                              "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128",
                              "model.backbone.head_dim=16"],
                 "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                           "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1"]}
-    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1200, "stage_a_steps": 250, "stage_b_steps": 150,
-            "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64,
+    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1500, "stage_a_steps": 250, "stage_b_steps": 150,
+            "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64, "repeat_rows": 32,
             "backbone": [], "extra": []}  # the corpus cache stays in ${paths.data_dir}/code_corpus
 
 
@@ -165,6 +169,8 @@ def arm_config(arm: str, s: dict, logs: Path, backbone: Path, best_a: str | None
     if arm == "stage_b":
         ov += [f"model.init_from={logs / best_a / 'checkpoints' / 'last.ckpt'}", f"trainer.max_steps={s['stage_b_steps']}"]
         ov += PUBLISHED_OPTIONS if best_a == "rosa_published" else []
+    elif arm == "window_tuned":  # the control: as many steps as stage B, the backbone only
+        ov.append(f"trainer.max_steps={s['stage_b_steps']}")
     elif arm in TRAINED:
         ov.append(f"trainer.max_steps={s['stage_a_steps']}")
     return runs.compose(name, ov, logs / arm)
@@ -202,10 +208,49 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=min(4, s["ppl_rows"]),
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
+    repeat, _ = loss_by_position(module, RepeatRows(hydra.utils.instantiate(cfg.data.source), s["repeat_rows"],
+                                                    s["seq_len"]), batch_size=min(4, s["repeat_rows"]))
+    result["repeat_loss"] = repeat.tolist()
     result["eval_s"] = clock()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
     return result
+
+
+class RepeatRows(Dataset):
+    """Held-out rows ``[tail of a code row] EOT block other block EOT`` (the long-range mix's ``repeat`` task on the
+    test split, block a quarter and other code half of the task) in which only the second copy of the block is
+    scored (labels -100 elsewhere): the tokens that the context beyond the window predicts and a window does not."""
+
+    def __init__(self, source, n: int, seq_len: int, seed: int = 4242) -> None:
+        writer, backend = source.writer("test"), source.tokenizer.backend_tokenizer
+        eot = source.corpus.eot_id
+        code = pack_rows(source.corpus.documents("test"), seq_len)
+        rng = np.random.default_rng(seed)
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _ in range(50 * n):
+            if len(self.rows) == n:
+                break
+            text = writer.write("repeat", int(rng.integers(seq_len // 2, seq_len)), rng)
+            block = next((k for k in range(len(text) // 2, 0, -1) if text[:k] == text[-k:]), 0)
+            ids = [eot, *backend.encode(text, add_special_tokens=False).ids, eot]
+            scored = len(backend.encode(text[-block:], add_special_tokens=False).ids) - 1 if block else 0
+            if len(ids) > seq_len or scored < 1:
+                continue
+            filler = code[int(rng.integers(len(code)))][: seq_len - len(ids)]
+            row = torch.from_numpy(np.concatenate([filler, np.asarray(ids, dtype=np.int32)]).astype(np.int64))
+            labels = torch.full_like(row, -100)
+            labels[seq_len - 1 - scored: seq_len - 1] = row[seq_len - 1 - scored: seq_len - 1]
+            self.rows.append((row, labels))
+        if len(self.rows) < n:
+            raise RuntimeError(f"RepeatRows: built {len(self.rows)} of {n} rows of {seq_len} tokens")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row, labels = self.rows[index]
+        return {"input_ids": row, "labels": labels, "answer_mask": labels != -100}
 
 
 def ppl(losses: list[float]) -> float:
@@ -222,6 +267,7 @@ def summarize(results: dict, s: dict) -> dict:
         row = dict(r["scores"])
         row["ppl_within_window"] = ppl(r["loss_by_position"][:W])
         row["ppl_beyond_window"] = ppl(r["loss_by_position"][W:])
+        row["ppl_repeat"] = ppl(r["repeat_loss"])
         table[arm] = row
     recovered = {}
     if {"global", "window"} <= set(table):
@@ -244,8 +290,9 @@ def summarize(results: dict, s: dict) -> dict:
 def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     W, L = s["window"], s["seq_len"]
-    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window"]
+    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window", "ppl_repeat"]
     names = {"lcc": "lcc", "repobench-p": "repobench-p", "ppl_beyond_window": f"ppl t ≥ {W}",
+             "ppl_repeat": "ppl repeated block",
              **{f"niah_{n}": f"NIAH {n}" for n in s["niah"]}}
     arms = [a for a in TABLE_ARMS if a in results]
     rows = [[LABELS[a], *[summary["table"][a].get(k) for k in keys], results[a]["train_s"] / 60] for a in arms]

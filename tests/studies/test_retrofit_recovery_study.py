@@ -18,10 +18,12 @@ def test_retrofit_recovery_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     table, runs = results["summary"]["table"], results["runs"]
-    assert set(table) == {"global", "window", "window_all", "rosa_published", "rosa_recommended", "stage_b", "token"}
+    assert set(table) == {"global", "window", "window_all", "window_tuned", "rosa_published", "rosa_recommended",
+                          "stage_b", "token"}
     for arm, row in table.items():
         assert 0.0 <= row["lcc"] <= 100.0 and 0.0 <= row["repobench-p"] <= 100.0 and 0.0 <= row["niah_1024"] <= 100.0
         assert math.isfinite(row["ppl_beyond_window"]) and row["ppl_beyond_window"] > 1.0
+        assert math.isfinite(row["ppl_repeat"]) and row["ppl_repeat"] > 1.0
     assert runs["global"]["window"] is None and runs["window"]["window"] == 16
     assert runs["stage_b"]["after"] in ("rosa_published", "rosa_recommended")
     assert set(results["summary"]["recovered"]) == set(table) - {"global", "window"}
