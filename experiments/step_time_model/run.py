@@ -4,7 +4,7 @@ Measures the retrieval kernel on this machine (ns per (route, token), uniform ra
 and with counterfactuals, 1 and 2 threads), then combines it with a FLOP model of the accelerator's work per layer
 (Qwen3-0.6B and 1.7B, T = 16,384, window 2,048, batch 1, forward and backward) in an event simulation of one
 training step: per ROSA layer the forward submits its retrieval after the branch's Q/K projections, overlaps the V
-projection and attention, and waits for tau; with deferred counterfactuals the backward of each layer waits for a
+projection and attention (and the MLP with ``--injection post_mlp``), and waits for tau; with deferred counterfactuals the backward of each layer waits for a
 second job, held back until the forward ends and then run last layer first (the pipeline's policy). Prints, per model, bits, deferral and CPU cores per accelerator: the step time of
 window + ROSA against window alone and the time the accelerator waits for the CPU.
 
@@ -86,14 +86,23 @@ class LayerTimes:
     """Accelerator seconds of one decoder layer (forward split around the retrieval; backward)."""
 
     pre: float      # input norm and the branch's Q/K projections: before the retrieval is submitted
-    window: float   # what the retrieval overlaps: the branch's V projection and the attention block
-    post: float     # after the readout: output projection, residual, MLP
+    window: float   # what the retrieval overlaps: the branch's V projection, attention (and the MLP for post_mlp)
+    post: float     # after the readout: the branch's output projection (and the MLP for post_attn)
     backward: float
     plain: float    # the same layer without ROSA (forward + backward)
 
 
-def layer_times(model: dict, T: int, window: int, rosa: bool) -> LayerTimes:
-    """FLOP model: 2 FLOPs per multiply-add, backward = 2x forward, ROSA backward recomputes its three logits."""
+INJECTIONS = ("post_attn", "post_mlp")
+
+
+def layer_times(model: dict, T: int, window: int, rosa: bool, injection: str = "post_attn") -> LayerTimes:
+    """FLOP model: 2 FLOPs per multiply-add, backward = 2x forward, ROSA backward recomputes its three logits.
+
+    ``injection``: where the branch output joins the residual stream (``RosaConfig.injection``): ``post_attn``
+    (published) after attention, so the retrieval overlaps the V projection and attention; ``post_mlp`` after the
+    MLP, so it overlaps the whole layer."""
+    if injection not in INJECTIONS:
+        raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
     C, H, KV, d, I = (model[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate"))
     rate = PEAK_FLOPS * UTILISATION
     attn_proj = 2 * T * C * (H * d + 2 * KV * d + H * d)
@@ -103,8 +112,9 @@ def layer_times(model: dict, T: int, window: int, rosa: bool) -> LayerTimes:
     plain_fwd = attn_proj + attn_core + mlp
     branch_qk, branch_v, branch_out = 2 * 2 * T * C * C, 2 * T * C * C, 2 * T * C * C
     branch_bwd = (2 * (branch_qk + branch_v + branch_out) + branch_qk + branch_v) if rosa else 0.0
-    return LayerTimes(pre=branch_qk / rate, window=(branch_v + attn_proj + attn_core) / rate,
-                      post=(branch_out + mlp) / rate, backward=(2 * plain_fwd + branch_bwd) / rate,
+    late_mlp = mlp if injection == "post_mlp" else 0.0
+    return LayerTimes(pre=branch_qk / rate, window=(branch_v + attn_proj + attn_core + late_mlp) / rate,
+                      post=(branch_out + mlp - late_mlp) / rate, backward=(2 * plain_fwd + branch_bwd) / rate,
                       plain=3 * plain_fwd / rate)
 
 
@@ -134,14 +144,14 @@ class _Cpu:
 
 
 def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer: bool, T: int, window: int,
-                  efficiency: float) -> dict:
+                  efficiency: float, injection: str = "post_attn") -> dict:
     """One training step, batch 1: accelerator seconds with ROSA, without, and the time spent waiting for the CPU."""
     L = model["layers"]
     routes = model["hidden"] // bits
     speed = cores * efficiency  # the kernel parallelises over pairs
     t_tau = routes * T * kernel.tau_ns * 1e-9 / speed
     t_full = routes * T * kernel.full_ns * 1e-9 / speed
-    rosa_t = layer_times(model, T, window, rosa=True)
+    rosa_t = layer_times(model, T, window, rosa=True, injection=injection)
     plain_t = layer_times(model, T, window, rosa=False)
     cpu, gpu, forward_wait, backward_wait = _Cpu(), 0.0, 0.0, 0.0
     for layer in range(L):
@@ -174,10 +184,10 @@ def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer:
             "tau_ms": t_tau * 1e3 if defer else t_full * 1e3, "overlap_ms": rosa_t.window * 1e3}
 
 
-def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01) -> Optional[int]:
+def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01, injection="post_attn") -> Optional[int]:
     """The fewest cores per accelerator for which waiting adds at most ``slack`` to the step (None: over 512)."""
     for cores in range(1, 513):
-        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency)
+        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency, injection)
         if r["ratio"] <= r["matmul_ratio"] * (1 + slack):
             return cores
     return None
@@ -195,6 +205,8 @@ def main(argv=None) -> None:
                          "measured on a shared 2-core machine is printed but not used)")
     ap.add_argument("--ns", action="append", default=[], metavar="BITS:TAU:FULL",
                     help="use these ns per (route, token) instead of measuring (2-thread speed-up taken as 2)")
+    ap.add_argument("--injection", nargs="+", default=list(INJECTIONS), choices=INJECTIONS,
+                    help="where the branch output joins the residual stream (model.rosa.injection)")
     ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -216,26 +228,28 @@ def main(argv=None) -> None:
              markdown_table(["bits", "tau only, 1 thread", "tau + cf, 1 thread", "2-thread speed-up"],
                             [[k.bits, k.tau_ns, k.full_ns, k.speedup_2] for k in kernels.values()], 2)]
     rows, hide = [], []
-    for name, model in MODELS.items():
+    for injection, (name, model) in itertools.product(args.injection, MODELS.items()):
         for bits, kernel in kernels.items():
             eff = args.efficiency
             for defer in (False, True):
                 for cores in args.cores:
-                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff)
-                    rows.append([name, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
+                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff, injection)
+                    rows.append([name, injection, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
                                  r["overlap_ms"], r["forward_wait_s"], r["backward_wait_s"], r["matmul_ratio"],
                                  r["ratio"]])
-                hide.append([name, bits, "deferred" if defer else "with tau",
-                             cores_to_hide(model, kernel, bits, defer, args.T, args.window, eff)])
+                hide.append([name, injection, bits, "deferred" if defer else "with tau",
+                             cores_to_hide(model, kernel, bits, defer, args.T, args.window, eff,
+                                           injection=injection)])
     lines += ["## One training step, window + ROSA vs window\n",
               "`critical job`: CPU ms per ROSA layer the forward waits for; `overlap`: accelerator ms it can hide "
               "behind; waits are accelerator seconds per step spent waiting for the CPU; `matmuls only`: the "
               "ratio if retrieval were free (the branch's own projections).\n",
-              markdown_table(["model", "bits", "counterfactuals", "cores/GPU", "critical job (ms)", "overlap (ms)",
+              markdown_table(["model", "injection", "bits", "counterfactuals", "cores/GPU", "critical job (ms)",
+                              "overlap (ms)",
                               "forward wait (s)", "backward wait (s)", "matmuls only", "window+ROSA / window"],
                              rows, 3),
               "## Cores per accelerator to hide retrieval (within 1% of the matmul-only step)\n",
-              markdown_table(["model", "bits", "counterfactuals", "cores"], hide)]
+              markdown_table(["model", "injection", "bits", "counterfactuals", "cores"], hide)]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

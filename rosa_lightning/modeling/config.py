@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 from .branch_inputs import InputOptions
 from .counterfactual import GradOptions
 
-INJECTIONS = ("post_attn", "pre_attn")
+INJECTIONS = ("post_attn", "post_mlp", "pre_attn")
 TOKEN_CHANNELS = ("off", "shared", "own")
 
 # The flat keys of the layout used before the nesting, and where each one lives now.
@@ -68,7 +68,8 @@ class RosaConfig:
         global_layers: number of leading layers that keep full causal attention; the others use
             the sliding window.
         window: attention window W (keys t-W+1..t), None = no sliding window at all.
-        injection: "post_attn" (branch parallel to attention, added to ``x + attn``; docs/method.md §2.4) or
+        injection: "post_attn" (branch parallel to attention, added to ``x + attn``; docs/method.md §2.4),
+            "post_mlp" (added to the layer's output, after the MLP: the retrieval overlaps the whole layer) or
             "pre_attn" (branch output added to the layer input before attention reads it).
         token_channel: "off", "shared" (W_tok on the model's input-embedding table) or "own"
             (a separate zero-initialised table), docs/method.md §3.

@@ -147,7 +147,8 @@ def logit_grads(model: nn.Module, layer: nn.Module, loss_fn: Callable[[nn.Module
     The fused branch Function never materialises dL/dz as an autograd tensor, so ``LogitGrads.grads`` recomputes it
     with the function the backward calls (``counterfactual_logit_grads``) from the captured logits, the retrieval
     of their symbols and G = dL/dy = Wout^T dL/dinj. dL/dinj is dL/dh of the residual sum ``h = (x + attn) + inj``
-    (the input of ``post_attention_layernorm``) for ``injection="post_attn"``, the branch output for ``"pre_attn"``.
+    (the input of ``post_attention_layernorm``) for ``injection="post_attn"``, dL/d(layer output) for ``"post_mlp"``,
+    the branch output for ``"pre_attn"``.
     """
     branch = layer.rosa
     z: Dict[str, torch.Tensor] = {}
@@ -184,12 +185,17 @@ def _injection_hook(layer: nn.Module, store: Dict[str, torch.Tensor]):
     """A hook registration that puts the layer's injection site value into ``store["inj"]`` on every forward.
 
     ``post_attn``: the input of ``post_attention_layernorm``, h = (x + attn) + inj; the branch does not change
-    the layer's attention, so a flip changes h exactly by the change of inj. ``pre_attn``: the branch output.
+    the layer's attention, so a flip changes h exactly by the change of inj. ``post_mlp``: the layer's output,
+    (x + attn + mlp) + inj, which a flip changes exactly by the change of inj. ``pre_attn``: the branch output.
     """
     if layer.rosa_config.injection == "post_attn":
         def keep_h(_mod, args):
             store["inj"] = args[0]
         return layer.post_attention_layernorm.register_forward_pre_hook, keep_h
+    if layer.rosa_config.injection == "post_mlp":
+        def keep_out(_mod, _inp, out):
+            store["inj"] = out[0] if isinstance(out, tuple) else out
+        return layer.register_forward_hook, keep_out
 
     def keep_inj(_mod, _inp, out):
         store["inj"] = out

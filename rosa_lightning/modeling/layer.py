@@ -60,6 +60,12 @@ class RosaQwen3DecoderLayer(Qwen3DecoderLayer):
         attn, _ = self.self_attn(hidden_states=u, attention_mask=attention_mask, position_ids=position_ids,
                                  cache=cache, use_cache=use_cache, position_embeddings=position_embeddings,
                                  **kwargs)
+        h = x + attn
+        if cfg.injection == "post_mlp":
+            # The branch output joins the layer's output: the retrieval overlaps attention and the MLP, and this
+            # layer's MLP does not read the branch (the next layer does). With a zero branch: bitwise the plain layer.
+            out = h + self.mlp(self.post_attention_layernorm(h))
+            return out + self.rosa.finish(pending)
         # (x + attn) first: with a zero branch the sum is bitwise that of the plain layer.
-        h = (x + attn) + self.rosa.finish(pending)
+        h = h + self.rosa.finish(pending)
         return h + self.mlp(self.post_attention_layernorm(h))

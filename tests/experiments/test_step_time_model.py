@@ -35,3 +35,16 @@ def test_smoke_run_writes_its_tables(tmp_path, capsys):
     text = (tmp_path / "smoke.md").read_text()
     assert "Qwen3-1.7B" in text and "Qwen3-0.6B" in text and "Cores per accelerator" in text
     assert (tmp_path / "smoke.json").exists() and "window+ROSA / window" in capsys.readouterr().out
+
+
+def test_post_mlp_injection_overlaps_the_mlp_too_and_never_costs_more():
+    kernel = KernelCost(bits=8, tau_ns=20.0, full_ns=40.0, speedup_2=2.0)
+    for defer in (False, True):
+        for cores in (4, 14, 64):
+            attn = simulate_step(MODELS["Qwen3-1.7B"], kernel, cores, 8, defer, injection="post_attn", **SHAPE)
+            mlp = simulate_step(MODELS["Qwen3-1.7B"], kernel, cores, 8, defer, injection="post_mlp", **SHAPE)
+            assert mlp["overlap_ms"] > 2 * attn["overlap_ms"]  # the MLP is most of a layer's FLOPs
+            assert mlp["matmul_ratio"] == pytest.approx(attn["matmul_ratio"])  # same work, moved
+            assert mlp["ratio"] <= attn["ratio"] + 1e-12 and mlp["forward_wait_s"] <= attn["forward_wait_s"] + 1e-12
+    with pytest.raises(ValueError, match="post_mlp"):
+        simulate_step(MODELS["Qwen3-1.7B"], kernel, 14, 8, False, injection="pre_mlp", **SHAPE)

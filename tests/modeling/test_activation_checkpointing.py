@@ -39,7 +39,7 @@ def _step(model, ids, counter):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, pipeline
 
 
-@pytest.mark.parametrize("opts", [{}, dict(kv_shift=True, qk_tied=True, bits=8), dict(injection="pre_attn"),
+@pytest.mark.parametrize("opts", [{}, dict(kv_shift=True, qk_tied=True, bits=8), dict(injection="pre_attn"), dict(injection="post_mlp"),
                                   dict(token_channel="shared", center_u="causal_mean")])
 def test_checkpointed_gradients_equal_the_plain_run_and_retrieval_runs_once(opts):
     ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(1))

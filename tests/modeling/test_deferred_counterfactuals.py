@@ -28,7 +28,8 @@ def _grads(opts, defer, checkpointing=False, ids=None):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, stats
 
 
-@pytest.mark.parametrize("opts", [{}, dict(kv_shift=True, qk_tied=True, bits=8), dict(injection="pre_attn")])
+@pytest.mark.parametrize("opts", [{}, dict(kv_shift=True, qk_tied=True, bits=8), dict(injection="pre_attn"),
+                                  dict(injection="post_mlp")])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_deferred_equals_immediate(opts, checkpointing):
     ids = torch.randint(0, 97, (2, 48), generator=torch.Generator().manual_seed(3))

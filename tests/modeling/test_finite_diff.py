@@ -50,7 +50,7 @@ def test_forcing_the_current_bit_changes_nothing():
 
 def test_reconstructed_logit_grads_are_the_branch_backward():
     """W^x.grad of the real backward equals grad_x^T u from the harness's reconstruction."""
-    for injection in ("post_attn", "pre_attn"):
+    for injection in ("post_attn", "post_mlp", "pre_attn"):
         model, loss_fn = make(injection=injection)
         layer = rosa_layers(model)[1]
         lg = logit_grads(model, layer, loss_fn)
