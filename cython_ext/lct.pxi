@@ -12,6 +12,8 @@
 # (the token channel). The including .pyx defines before the include:
 #   idx_t                  the integer type of node ids, values and tags (a fused type or one type)
 #   LCT_VAL_W, LCT_VAL     (enum) stride and offset of a node's value in V
+# and includes journal.pxi first: every write goes through ``jput(jr, &slot, value)``, a plain store when the
+# first argument is a ``NoJournal *`` (pass NULL) and a journaled one for a ``Journal *`` (streaming rollback).
 # Offsets are computed in int64_t, so node ids may use the whole range of idx_t.
 
 
@@ -29,48 +31,48 @@ cdef inline bint lct_is_root(idx_t *L, idx_t x) noexcept nogil:
     return p == <idx_t> -1 or (L[p * <int64_t> LCT_W + L_CH] != x and L[p * <int64_t> LCT_W + L_CH + 1] != x)
 
 
-cdef inline void lct_apply(idx_t *L, idx_t *V, idx_t x, idx_t val) noexcept nogil:
+cdef inline void lct_apply(jr_t *jr, idx_t *L, idx_t *V, idx_t x, idx_t val) noexcept nogil:
     """Raise x's value and its subtree's pending tag to at least val (x may be NIL)."""
     if x != <idx_t> -1:
         if V[x * <int64_t> LCT_VAL_W + LCT_VAL] < val:
-            V[x * <int64_t> LCT_VAL_W + LCT_VAL] = val
+            jput(jr, &V[x * <int64_t> LCT_VAL_W + LCT_VAL], val)
         if L[x * <int64_t> LCT_W + L_TAG] < val:
-            L[x * <int64_t> LCT_W + L_TAG] = val
+            jput(jr, &L[x * <int64_t> LCT_W + L_TAG], val)
 
 
-cdef inline void lct_push(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef inline void lct_push(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     cdef idx_t t = L[x * <int64_t> LCT_W + L_TAG]
     if t != 0:
-        lct_apply(L, V, L[x * <int64_t> LCT_W + L_CH], t)
-        lct_apply(L, V, L[x * <int64_t> LCT_W + L_CH + 1], t)
-        L[x * <int64_t> LCT_W + L_TAG] = 0
+        lct_apply(jr, L, V, L[x * <int64_t> LCT_W + L_CH], t)
+        lct_apply(jr, L, V, L[x * <int64_t> LCT_W + L_CH + 1], t)
+        jput(jr, &L[x * <int64_t> LCT_W + L_TAG], 0)
 
 
-cdef inline void lct_rotate(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef inline void lct_rotate(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     """Rotate x above its splay parent p. Only p and x change which nodes lie below them, so pushing
     their tags first is enough: a tag above p covers the same node set after the rotation."""
     cdef idx_t p = L[x * <int64_t> LCT_W + L_FA]
     cdef idx_t g = L[p * <int64_t> LCT_W + L_FA]
     cdef int side
     cdef idx_t b
-    lct_push(L, V, p)
-    lct_push(L, V, x)
+    lct_push(jr, L, V, p)
+    lct_push(jr, L, V, x)
     side = 1 if L[p * <int64_t> LCT_W + L_CH + 1] == x else 0
     b = L[x * <int64_t> LCT_W + L_CH + 1 - side]
     if not lct_is_root(L, p):
         if L[g * <int64_t> LCT_W + L_CH] == p:
-            L[g * <int64_t> LCT_W + L_CH] = x
+            jput(jr, &L[g * <int64_t> LCT_W + L_CH], x)
         else:
-            L[g * <int64_t> LCT_W + L_CH + 1] = x
-    L[x * <int64_t> LCT_W + L_FA] = g
-    L[x * <int64_t> LCT_W + L_CH + 1 - side] = p
-    L[p * <int64_t> LCT_W + L_FA] = x
-    L[p * <int64_t> LCT_W + L_CH + side] = b
+            jput(jr, &L[g * <int64_t> LCT_W + L_CH + 1], x)
+    jput(jr, &L[x * <int64_t> LCT_W + L_FA], g)
+    jput(jr, &L[x * <int64_t> LCT_W + L_CH + 1 - side], p)
+    jput(jr, &L[p * <int64_t> LCT_W + L_FA], x)
+    jput(jr, &L[p * <int64_t> LCT_W + L_CH + side], b)
     if b != <idx_t> -1:
-        L[b * <int64_t> LCT_W + L_FA] = p
+        jput(jr, &L[b * <int64_t> LCT_W + L_FA], p)
 
 
-cdef void lct_splay(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef void lct_splay(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     """Make x the root of its splay tree, with its own tag pushed; x's stored value is exact after."""
     cdef idx_t p, g
     while not lct_is_root(L, x):
@@ -78,14 +80,14 @@ cdef void lct_splay(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
         if not lct_is_root(L, p):
             g = L[p * <int64_t> LCT_W + L_FA]
             if (L[g * <int64_t> LCT_W + L_CH] == p) == (L[p * <int64_t> LCT_W + L_CH] == x):
-                lct_rotate(L, V, p)
+                lct_rotate(jr, L, V, p)
             else:
-                lct_rotate(L, V, x)
-        lct_rotate(L, V, x)
-    lct_push(L, V, x)
+                lct_rotate(jr, L, V, x)
+        lct_rotate(jr, L, V, x)
+    lct_push(jr, L, V, x)
 
 
-cdef inline idx_t lct_value(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef inline idx_t lct_value(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     """Current value (e + 1) of node x without restructuring: its stored value raised by the pending tags
     of its splay ancestors (a tag covers its node's splay subtree). A node deeper than
     READ_SPLAY_DEPTH is splayed instead, so repeated deep reads stay amortised O(log n)."""
@@ -101,36 +103,36 @@ cdef inline idx_t lct_value(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
             v = t
         d += 1
         if d > READ_SPLAY_DEPTH:
-            lct_splay(L, V, x)
+            lct_splay(jr, L, V, x)
             return V[x * <int64_t> LCT_VAL_W + LCT_VAL]
         y = p
 
 
-cdef void lct_access(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef void lct_access(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     """Make the root-to-x path one splay tree with x at its root and no deeper part; x's stored value is
     then exact (every tag above it was pushed)."""
     cdef idx_t below = <idx_t> -1
     cdef idx_t y = x
     while y != <idx_t> -1:
-        lct_splay(L, V, y)
-        L[y * <int64_t> LCT_W + L_CH + 1] = below
+        lct_splay(jr, L, V, y)
+        jput(jr, &L[y * <int64_t> LCT_W + L_CH + 1], below)
         below = y
         y = L[y * <int64_t> LCT_W + L_FA]
-    lct_splay(L, V, x)
+    lct_splay(jr, L, V, x)
 
 
-cdef inline void lct_cut(idx_t *L, idx_t *V, idx_t x) noexcept nogil:
+cdef inline void lct_cut(jr_t *jr, idx_t *L, idx_t *V, idx_t x) noexcept nogil:
     """Detach x, with its subtree, from its parent (x is not the tree root); x's stored value is exact after."""
     cdef idx_t left
-    lct_access(L, V, x)
+    lct_access(jr, L, V, x)
     left = L[x * <int64_t> LCT_W + L_CH]
-    L[left * <int64_t> LCT_W + L_FA] = <idx_t> -1
-    L[x * <int64_t> LCT_W + L_CH] = <idx_t> -1
+    jput(jr, &L[left * <int64_t> LCT_W + L_FA], <idx_t> -1)
+    jput(jr, &L[x * <int64_t> LCT_W + L_CH], <idx_t> -1)
 
 
-cdef inline void lct_node_init(idx_t *L, idx_t x, idx_t parent) noexcept nogil:
+cdef inline void lct_node_init(jr_t *jr, idx_t *L, idx_t x, idx_t parent) noexcept nogil:
     """A lone node (no splay children, no tag) whose path parent is ``parent`` (NIL = none)."""
-    L[x * <int64_t> LCT_W + L_FA] = parent
-    L[x * <int64_t> LCT_W + L_CH] = <idx_t> -1
-    L[x * <int64_t> LCT_W + L_CH + 1] = <idx_t> -1
-    L[x * <int64_t> LCT_W + L_TAG] = 0
+    jput(jr, &L[x * <int64_t> LCT_W + L_FA], parent)
+    jput(jr, &L[x * <int64_t> LCT_W + L_CH], <idx_t> -1)
+    jput(jr, &L[x * <int64_t> LCT_W + L_CH + 1], <idx_t> -1)
+    jput(jr, &L[x * <int64_t> LCT_W + L_TAG], 0)

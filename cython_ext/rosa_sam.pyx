@@ -92,7 +92,11 @@ cdef enum:
     LCT_VAL = F_N
     DESCENT_SPLAY_DEPTH = 4
 
-# The link-cut tree (lct_*: node records L[x * LCT_W ...] with L_FA, L_CH, L_TAG; values in I).
+# The undo journal of streaming rollback (jput, Journal / NoJournal) and the link-cut tree (lct_*: node records
+# L[x * LCT_W ...] with L_FA, L_CH, L_TAG; values in I). Functions that write automaton arrays take a ``jr_t *``
+# first: ``<NoJournal *> NULL`` in the batch kernel and unjournaled scans (plain stores, the same machine code as
+# without a journal), a pair's ``Journal`` in a journaled stream scan.
+include "journal.pxi"
 include "lct.pxi"
 
 
@@ -236,7 +240,7 @@ cdef inline int32_t new_state(Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t
     I[v * INFO_W + F_N] = n
     I[v * INFO_W + F_MASK] = 0
     if S.lct:
-        lct_node_init(<idx_t *> S.lctn, <idx_t> v, <idx_t> -1)
+        lct_node_init(<NoJournal *> NULL, <idx_t *> S.lctn, <idx_t> v, <idx_t> -1)  # a new node: no entry
     return v
 
 
@@ -263,7 +267,7 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
 
 # ---------------------------------------------------------------- link-cut tree (lct.pxi) on the automaton
 
-cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
+cdef void lct_enable(jr_t *jr, Sam *S, idx_t *nx) noexcept nogil:
     """Switch a pair to LCT mode: every suffix link becomes a path-parent pointer. If the LCT
     records cannot be allocated the pair stays on the naive path (exact, only slower)."""
     cdef idx_t *I = <idx_t *> S.info
@@ -276,13 +280,13 @@ cdef void lct_enable(Sam *S, idx_t *nx) noexcept nogil:
             return
     L = <idx_t *> S.lctn
     for v in range(S.n_states):
-        lct_node_init(L, <idx_t> v, I[v * INFO_W + F_LINK])
+        lct_node_init(jr, L, <idx_t> v, I[v * INFO_W + F_LINK])
     S.lct = 1
 
 
 # ---------------------------------------------------------------- automaton
 
-cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
+cdef void extend(jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     """Append symbol x at K-run index pos (docs/retrieval.md §3.2)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L = <idx_t *> S.lctn
@@ -293,42 +297,42 @@ cdef void extend(Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     cdef idx_t w, clone
     cdef int64_t steps
     while v != NIL and nx[v * A + x] == 0:
-        nx[v * A + x] = cur
+        jput(jr, &nx[v * A + x], cur)
         if A <= MASK_MAX_A:
-            I[v * INFO_W + F_MASK] |= <idx_t> (1 << x)
+            jput(jr, &I[v * INFO_W + F_MASK], <idx_t> (I[v * INFO_W + F_MASK] | <idx_t> (1 << x)))
         v = I[v * INFO_W + F_LINK]
     if v == NIL:
-        I[cur * INFO_W + F_LINK] = 0
+        jput(jr, &I[cur * INFO_W + F_LINK], 0)
     else:
         w = nx[v * A + x]
         if I[v * INFO_W + F_LEN] + 1 == I[w * INFO_W + F_LEN]:
-            I[cur * INFO_W + F_LINK] = w
+            jput(jr, &I[cur * INFO_W + F_LINK], w)
         else:
             if S.lct:
-                lct_cut(L, I, w)  # also makes e[w] exact
+                lct_cut(jr, L, I, w)  # also makes e[w] exact
             clone = <idx_t> new_state(S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
                                       I[w * INFO_W + F_N])
             memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))
             I[clone * INFO_W + F_MASK] = I[w * INFO_W + F_MASK]
             while v != NIL and nx[v * A + x] == w:
-                nx[v * A + x] = clone
+                jput(jr, &nx[v * A + x], clone)
                 v = I[v * INFO_W + F_LINK]
-            I[w * INFO_W + F_LINK] = clone
-            I[cur * INFO_W + F_LINK] = clone
+            jput(jr, &I[w * INFO_W + F_LINK], clone)
+            jput(jr, &I[cur * INFO_W + F_LINK], clone)
             if S.lct:
-                L[clone * LCT_W + L_FA] = I[clone * INFO_W + F_LINK]
-                L[w * LCT_W + L_FA] = clone
+                jput(jr, &L[clone * LCT_W + L_FA], I[clone * INFO_W + F_LINK])
+                jput(jr, &L[w * LCT_W + L_FA], clone)
     S.last = cur
     if S.lct:
-        L[cur * LCT_W + L_FA] = I[cur * INFO_W + F_LINK]
-        lct_access(L, I, cur)
-        lct_apply(L, I, cur, <idx_t> (pos + 1))
+        jput(jr, &L[cur * LCT_W + L_FA], I[cur * INFO_W + F_LINK])
+        lct_access(jr, L, I, cur)
+        lct_apply(jr, L, I, cur, <idx_t> (pos + 1))
     else:
         # Every chain ends at the root, whose e is never read (no transition targets it).
         v = cur
         steps = 0
         while v != 0:
-            I[v * INFO_W + F_N] = <idx_t> (pos + 1)
+            jput(jr, &I[v * INFO_W + F_N], <idx_t> (pos + 1))
             v = I[v * INFO_W + F_LINK]
             steps += 1
         S.work += steps
@@ -340,7 +344,7 @@ cdef inline bint has_trans(idx_t *nx, idx_t *I, int64_t A, idx_t y, int32_t x) n
     return nx[y * A + x] != 0
 
 
-cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx_t *top,
+cdef inline idx_t lct_deepest_with(jr_t *jr, idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx_t *top,
                                    int32_t x) noexcept nogil:
     """In the splay tree of an accessed root path (rooted at top[0]), the deepest node having an
     x-transition (the root always has one here). A descent deeper than READ_SPLAY_DEPTH splays
@@ -358,12 +362,12 @@ cdef inline idx_t lct_deepest_with(idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx
         else:
             y = L[y * LCT_W + L_CH]
     if d > DESCENT_SPLAY_DEPTH:
-        lct_splay(L, I, deepest)
+        lct_splay(jr, L, I, deepest)
         top[0] = deepest
     return best
 
 
-cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
+cdef inline int32_t step(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
     """docs/retrieval.md §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one;
     0 = none (a transition never targets the root)."""
     cdef idx_t *I = <idx_t *> S.info
@@ -381,20 +385,20 @@ cdef inline int32_t step(Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil
             S.work += 1
         return nx[u * A + x]
     L = <idx_t *> S.lctn
-    lct_access(L, I, u)
+    lct_access(jr, L, I, u)
     top = u
-    best = lct_deepest_with(L, I, nx, A, &top, x)
+    best = lct_deepest_with(jr, L, I, nx, A, &top, x)
     return nx[best * A + x]
 
 
-cdef inline int32_t dest_time(Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
+cdef inline int32_t dest_time(jr_t *jr, Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
     """Start time of the run after the latest end of state ns, or -1 (not visible / no state)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef int32_t n
     if ns == 0:
         return -1
     if S.lct:
-        n = lct_value(<idx_t *> S.lctn, I, <idx_t> ns)
+        n = lct_value(jr, <idx_t *> S.lctn, I, <idx_t> ns)
     else:
         n = I[ns * INFO_W + F_N]
     if n < S.n_runs:
@@ -402,7 +406,7 @@ cdef inline int32_t dest_time(Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
     return -1
 
 
-cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips,
+cdef int32_t probe_flips(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips,
                         int32_t *out) noexcept nogil:
     """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
 
@@ -456,12 +460,12 @@ cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips
         if S.lct:
             # One access of v serves every probe: splaying within v's root-path tree keeps its nodes.
             L = <idx_t *> S.lctn
-            lct_access(L, I, <idx_t> v)
+            lct_access(jr, L, I, <idx_t> v)
             top = <idx_t> v
             for j in range(bits):
                 if (pending >> j) & 1:
                     x = a ^ (1 << j)
-                    best = lct_deepest_with(L, I, nx, A, &top, x)
+                    best = lct_deepest_with(jr, L, I, nx, A, &top, x)
                     ns[j] = nx[best * A + x]
         else:
             u = <idx_t> v
@@ -474,11 +478,11 @@ cdef int32_t probe_flips(Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips
                         ns[j] = row[a ^ (1 << j)]
                         pending &= ~(1 << j)
     for j in range(bits):
-        out[j] = dest_time(S, nx, ns[j])
+        out[j] = dest_time(jr, S, nx, ns[j])
     return -1
 
 
-cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
+cdef void scan_pair(jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
                     int32_t *tau, int32_t *cf) noexcept nogil:
     """Consume n positions (docs/retrieval.md §3.4, the scan body); writes tau[0..n) and, if cf != NULL, the
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
@@ -501,42 +505,42 @@ cdef void scan_pair(Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64
             S.lastk = x
             S.run_start[S.n_runs] = <int32_t> S.length
             S.n_runs += 1
-            extend(S, nx, x, S.n_runs - 1)
+            extend(jr, S, nx, x, S.n_runs - 1)
         a = q[i]
         if a != S.lastq:
             S.lastq = a
             S.adv = 0
             pre = -1
             if cf != NULL:
-                pre = probe_flips(S, nx, S.st, a, flipset[a] if S.A <= MASK_MAX_A else 0,
+                pre = probe_flips(jr, S, nx, S.st, a, flipset[a] if S.A <= MASK_MAX_A else 0,
                                   cf + <int64_t> S.nq * bits)
             S.nq += 1
-            ns = pre if pre >= 0 else step(S, nx, S.st, a)
-            tau[i] = dest_time(S, nx, ns)
+            ns = pre if pre >= 0 else step(jr, S, nx, S.st, a)
+            tau[i] = dest_time(jr, S, nx, ns)
             if ns != 0:
                 S.st = ns
                 S.adv = 1
         elif S.adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
-            tau[i] = dest_time(S, nx, nx[a])
+            tau[i] = dest_time(jr, S, nx, nx[a])
         else:
-            ns = step(S, nx, S.st, a)
-            tau[i] = dest_time(S, nx, ns)
+            ns = step(jr, S, nx, S.st, a)
+            tau[i] = dest_time(jr, S, nx, ns)
             if ns != 0:
                 S.st = ns
                 S.adv = 1
         S.length += 1
         if not S.lct and S.mode == MODE_HYBRID:
             if unlikely(S.work > WORK_SLACK + WORK_PER_POS * S.length):
-                lct_enable(S, nx)
+                lct_enable(jr, S, nx)
 
 
-cdef inline void scan_any(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
+cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                           int32_t *tau, int32_t *cf) noexcept nogil:
     if S.wide:
-        scan_pair(S, <int32_t *> S.nxt, q, k, n, tau, cf)
+        scan_pair(jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
     else:
-        scan_pair(S, <uint16_t *> S.nxt, q, k, n, tau, cf)
+        scan_pair(jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
 
 
 # ---------------------------------------------------------------- batched training entry points
@@ -622,7 +626,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
             cfp = NULL
             if want_cf:
                 cfp = &cf[pair * nq_max * bits]
-            scan_any(&arenas[tid], &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
+            scan_any(<NoJournal *> NULL, &arenas[tid], &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
             if want_cf:
                 for i in range(arenas[tid].nq * bits, nq_max * bits):
                     cfp[i] = -1
@@ -635,9 +639,19 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
 # ---------------------------------------------------------------- streaming state for inference
 
 cdef class StreamState:
-    """Persistent automata for ``n_pairs`` streams (pair = row * routes + route)."""
+    """Persistent automata for ``n_pairs`` streams (pair = row * routes + route).
+
+    Rollback: a scan with ``journal=True`` records, per pair, every write it makes to the automaton arrays
+    (journal.pxi) and the pair's scalar state before each of its positions (a copy of the ``Sam`` record);
+    ``rollback(k)`` then undoes the last k positions of that scan exactly. The next scan, journaled or not,
+    discards the journal (commits)."""
 
     cdef Sam *sams
+    cdef Journal *journals
+    cdef Sam *marks              # [n_pairs * mark_cap]: pair p's state before position i of the journaled scan
+    cdef int64_t *mark_n         # [n_pairs * mark_cap]: its journal's entry count there
+    cdef int64_t mark_cap
+    cdef readonly int64_t journal_positions   # positions of the last scan that can still be rolled back
     cdef readonly int64_t n_pairs
     cdef readonly int bits
     cdef int mode
@@ -647,8 +661,13 @@ cdef class StreamState:
         self.n_pairs = n_pairs
         self.bits = bits
         self.mode = mode
+        self.journal_positions = 0
+        self.mark_cap = 0
+        self.marks = NULL
+        self.mark_n = NULL
         self.sams = <Sam *> calloc(n_pairs, sizeof(Sam))
-        if self.sams == NULL:
+        self.journals = <Journal *> calloc(n_pairs, sizeof(Journal))
+        if self.sams == NULL or self.journals == NULL:
             raise MemoryError("RosaStream: cannot allocate the stream states")
         for p in range(n_pairs):
             if sam_alloc(&self.sams[p], bits, 16, 8, mode & MODE_WIDE,
@@ -662,23 +681,60 @@ cdef class StreamState:
             for p in range(self.n_pairs):
                 sam_free(&self.sams[p])
             free(self.sams)
+        if self.journals != NULL:
+            for p in range(self.n_pairs):
+                journal_free(&self.journals[p])
+            free(self.journals)
+        free(self.marks)
+        free(self.mark_n)
 
     def reset(self, const int64_t[::1] skip):
-        """Fresh state for every pair; pair p skips positions with time < skip[p]."""
+        """Fresh state for every pair; pair p skips positions with time < skip[p]. Discards the journal."""
         cdef int64_t p
         for p in range(self.n_pairs):
             sam_reset(&self.sams[p], self.mode, skip[p])
+        self._commit()
+
+    cdef void _commit(self) noexcept:
+        cdef int64_t p
+        for p in range(self.n_pairs):
+            self.journals[p].n = 0
+            self.journals[p].oom = 0
+        self.journal_positions = 0
+
+    def commit(self):
+        """Discard the journal: the positions scanned so far can no longer be rolled back."""
+        self._commit()
 
     def scan(self, const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k,
-             int32_t[:, :, ::1] tau, int num_threads):
-        """Consume one chunk: q, k [B, Tc, R] (pairs in row-major (b, r) order); tau [B, R, Tc]."""
+             int32_t[:, :, ::1] tau, int num_threads, bint journal=False):
+        """Consume one chunk: q, k [B, Tc, R] (pairs in row-major (b, r) order); tau [B, R, Tc].
+
+        With ``journal`` the chunk can be rolled back afterwards (``rollback``); either way the journal of the
+        previous scan is discarded first."""
         cdef int64_t B = q.shape[0], Tc = q.shape[1], R = q.shape[2]
-        cdef int64_t pair, b, r
+        cdef int64_t pair, b, r, i
         cdef int nthreads = num_threads if num_threads > 0 else 1
         cdef int tid, failed = 0
-        cdef uint8_t *bufs = <uint8_t *> malloc(2 * nthreads * Tc)
+        cdef uint8_t *bufs
+        cdef Sam *mk
+        cdef int64_t *mn
+        cdef Journal *jr
+        self._commit()
+        if journal and Tc > self.mark_cap:
+            mk = <Sam *> realloc(self.marks, self.n_pairs * Tc * sizeof(Sam))
+            if mk != NULL:
+                self.marks = mk
+            mn = <int64_t *> realloc(self.mark_n, self.n_pairs * Tc * sizeof(int64_t))
+            if mn != NULL:
+                self.mark_n = mn
+            if mk == NULL or mn == NULL:
+                raise MemoryError("RosaStream.scan: cannot allocate the rollback marks")
+            self.mark_cap = Tc
+        bufs = <uint8_t *> malloc(2 * nthreads * Tc)
         if bufs == NULL:
             raise MemoryError("RosaStream.scan: cannot allocate chunk buffers")
+        # Capacity first: a journaled scan must not move the arrays it records addresses in.
         for pair in range(self.n_pairs):
             if sam_reserve(&self.sams[pair], Tc) != 0:
                 failed = 1
@@ -692,9 +748,53 @@ cdef class StreamState:
                 r = pair % R
                 gather(&q[b, 0, r], R, Tc, bufs + 2 * tid * Tc)
                 gather(&k[b, 0, r], R, Tc, bufs + (2 * tid + 1) * Tc)
-                scan_any(&self.sams[pair], bufs + 2 * tid * Tc, bufs + (2 * tid + 1) * Tc, Tc,
-                         &tau[b, r, 0], NULL)
+                if not journal:
+                    scan_any(<NoJournal *> NULL, &self.sams[pair], bufs + 2 * tid * Tc,
+                             bufs + (2 * tid + 1) * Tc, Tc, &tau[b, r, 0], NULL)
+                else:
+                    jr = &self.journals[pair]
+                    for i in range(Tc):
+                        memcpy(&self.marks[pair * self.mark_cap + i], &self.sams[pair], sizeof(Sam))
+                        self.mark_n[pair * self.mark_cap + i] = jr.n
+                        scan_any(jr, &self.sams[pair], bufs + 2 * tid * Tc + i,
+                                 bufs + (2 * tid + 1) * Tc + i, 1, &tau[b, r, i], NULL)
         free(bufs)
+        if journal:
+            self.journal_positions = Tc
+
+    def rollback(self, int64_t k):
+        """Undo the last ``k`` positions of the last (journaled) scan: every pair is left exactly as after its
+        first ``Tc - k`` positions. Raises ValueError when those positions were not journaled, MemoryError
+        when a journal could not grow during the scan."""
+        cdef int64_t p, keep
+        cdef Sam *S
+        cdef Sam *m
+        cdef void *nxt
+        cdef void *info
+        cdef void *lctn
+        cdef int32_t *run_start
+        cdef int64_t cap, run_cap
+        if k < 0 or k > self.journal_positions:
+            raise ValueError(f"cannot roll back {k} positions: only the last {self.journal_positions} scanned "
+                             f"positions are journaled (scan(..., journal=True) before rollback)")
+        if k == 0:
+            return
+        for p in range(self.n_pairs):
+            if self.journals[p].oom:
+                raise MemoryError("RosaStream.rollback: a journal could not grow during the scan")
+        keep = self.journal_positions - k
+        for p in range(self.n_pairs):
+            S = &self.sams[p]
+            m = &self.marks[p * self.mark_cap + keep]
+            journal_undo(&self.journals[p], self.mark_n[p * self.mark_cap + keep])
+            # The mark's scalars; the arrays stay where they are now (capacities only grow, and an LCT
+            # record array allocated after the mark is kept for reuse).
+            nxt, info, lctn, run_start = S.nxt, S.info, S.lctn, S.run_start
+            cap, run_cap = S.cap, S.run_cap
+            memcpy(S, m, sizeof(Sam))
+            S.nxt, S.info, S.lctn, S.run_start = nxt, info, lctn, run_start
+            S.cap, S.run_cap = cap, run_cap
+        self.journal_positions = keep
 
     def nbytes(self):
         """Bytes of persistent state actually in use (states and K-runs, not spare capacity):
@@ -707,6 +807,13 @@ cdef class StreamState:
             per_state = (S.A + INFO_W + (LCT_W if S.lctn != NULL else 0)) * id_size(S)
             total += S.n_states * per_state + S.n_runs * sizeof(int32_t)
             total += sizeof(Sam)
+        return total
+
+    def journal_nbytes(self):
+        """Bytes allocated for rollback (journals and position marks); 0 until a journaled scan."""
+        cdef int64_t p, total = self.mark_cap * self.n_pairs * (sizeof(Sam) + sizeof(int64_t))
+        for p in range(self.n_pairs):
+            total += self.journals[p].cap * sizeof(JEntry)
         return total
 
     def wide_pairs(self):

@@ -19,6 +19,10 @@ class RosaStream:
 
     The state is O(T) per pair (docs/generation.md §4): the automaton over the K-run string and the K-run
     start times; ``nbytes()`` reports it.
+
+    Rollback (docs/generation.md §8): ``scan(..., journal=True)`` keeps an undo journal of the chunk, and
+    ``rollback(k)`` then removes its last k positions exactly (the next scans give the tau of a stream fed only
+    the kept prefix). Any later scan discards the journal; an unjournaled scan records nothing.
     """
 
     def __init__(self, batch: int, routes: int, bits: int, num_threads: Optional[int] = None,
@@ -43,7 +47,7 @@ class RosaStream:
         self._state.reset(np.zeros(self.batch * self.routes, dtype=np.int64))
         self._length = 0
 
-    def scan(self, q, k, start=None) -> torch.Tensor:
+    def scan(self, q, k, start=None, journal: bool = False) -> torch.Tensor:
         """Consume a chunk and return its destination times.
 
         Args:
@@ -51,6 +55,7 @@ class RosaStream:
             start: optional int [B], only on the first chunk after construction or ``reset``:
                 index in this chunk of each row's first real token (left padding). Earlier
                 positions are skipped (tau -1) and times stay in the caller's coordinate.
+            journal: keep an undo journal of this chunk so that ``rollback`` can remove its last positions.
 
         Returns:
             tau: int32 [B, R, Tc], absolute times counted from the start of the stream, -1 = none.
@@ -69,9 +74,29 @@ class RosaStream:
         if start is not None:
             self._apply_start(start, Tc)
         tau = torch.empty((B, R, Tc), dtype=torch.int32)
-        self._state.scan(qa, ka, tau.numpy(), self.num_threads)
+        self._state.scan(qa, ka, tau.numpy(), self.num_threads, bool(journal))
         self._length += Tc
         return tau
+
+    @property
+    def rollback_positions(self) -> int:
+        """How many of the last scanned positions ``rollback`` can still remove (0 after an unjournaled scan)."""
+        return int(self._state.journal_positions)
+
+    def rollback(self, k: int) -> None:
+        """Remove the last ``k`` positions of the last scan, which must have been journaled."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        self._state.rollback(int(k))
+        self._length -= int(k)
+
+    def commit(self) -> None:
+        """Discard the undo journal (nothing can be rolled back until the next journaled scan)."""
+        self._state.commit()
+
+    def journal_nbytes(self) -> int:
+        """Bytes held for rollback: the undo journals and position marks."""
+        return int(self._state.journal_nbytes())
 
     def step(self, q_t, k_t) -> torch.Tensor:
         """One position: q_t, k_t [B, R] -> tau int32 [B, R]."""

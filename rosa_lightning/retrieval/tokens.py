@@ -152,23 +152,50 @@ class TokenStream:
         """int64 [B]: real tokens fed to each row since the last reset."""
         return torch.from_numpy(self._rows.row_tokens())
 
-    def scan(self, ids_chunk: Any, start: Any = None, lengths: Any = None) -> torch.Tensor:
+    def scan(self, ids_chunk: Any, start: Any = None, lengths: Any = None, journal: bool = False) -> torch.Tensor:
         """Feed the next chunk int64/int32 [B, Tc]; returns int64 [B, Tc] outputs, -1 = none.
 
         ``start`` / ``lengths`` (int or [B], relative to the chunk) mark padding as in
-        :func:`rosa_next_token`; positions outside are skipped and get -1.
+        :func:`rosa_next_token`; positions outside are skipped and get -1. ``journal``: keep an undo journal
+        of this chunk (no padding allowed then), so that :meth:`rollback` can remove its last positions.
         """
         arr = _token_ids(ids_chunk, "ids_chunk", 2)
         if arr.shape[0] != self.batch:
             raise ValueError(f"ids_chunk must have B={self.batch} rows, got shape {tuple(arr.shape)}")
+        if journal and (start is not None or lengths is not None):
+            raise ValueError("a journaled scan takes no padding (start / lengths): every position is a real token")
         lo, hi = _span(arr, start, lengths)
         fed = self._rows.row_tokens()
         if int((fed + (hi - lo)).max()) > MAX_ROW_TOKENS:
             raise ValueError(f"a row would exceed the kernel's limit of {MAX_ROW_TOKENS} tokens")
         out = np.empty(arr.shape, dtype=np.int64)
-        self._rows.scan(arr, lo, hi, out, self.num_threads)
+        self._rows.scan(arr, lo, hi, out, self.num_threads, bool(journal))
         self._length += arr.shape[1]
         return torch.from_numpy(out)
+
+    @property
+    def rollback_positions(self) -> int:
+        """How many of the last scanned positions :meth:`rollback` can still remove."""
+        return int(self._rows.journal_positions)
+
+    def rollback(self, k: int) -> None:
+        """Remove the last ``k`` positions of the last scan, which must have been journaled: every row is then
+        exactly as if it had been fed only the kept prefix."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        self._rows.rollback(int(k))
+        self._length -= int(k)
+
+    def commit(self) -> None:
+        """Discard the undo journal."""
+        self._rows.commit()
+
+    def last_match(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each row's last fed token: (end int64 [B], length int32 [B]), the latest earlier end j* of the
+        longest suffix of the row that also ended before, and that suffix's length Λ (docs/retrieval.md §9.1);
+        end -1 and length 0 when there is none. The output of that token was ``row[end + 1]``."""
+        ends, lens = self._rows.last_match()
+        return torch.from_numpy(ends), torch.from_numpy(lens)
 
     def step(self, ids_t: Any) -> torch.Tensor:
         """Feed one token per row, int64/int32 [B]; returns int64 [B]."""

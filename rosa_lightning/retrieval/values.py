@@ -30,6 +30,12 @@ class ValueStore:
         self._buf[:, :, self.length:need] = v_sym.transpose(1, 2)
         self.length = need
 
+    def rollback(self, k: int) -> None:
+        """Forget the symbols of the last ``k`` positions."""
+        if k < 0 or k > self.length:
+            raise ValueError(f"cannot roll back {k} positions of a store holding {self.length}")
+        self.length -= int(k)
+
     def gather(self, tau: torch.Tensor) -> torch.Tensor:
         """uint8 [B, R, T']: the symbol at time tau[b, r, t] (int32 [B, R, T']), 0 where tau = -1."""
         idx = tau.long().clamp(min=0)
