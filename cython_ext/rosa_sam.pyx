@@ -636,6 +636,10 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
     free(kbufs)
 
 
+# The pipeline's entry points: count_q_runs, match_into (narrow outputs into caller buffers, cached arenas).
+include "match_into.pxi"
+
+
 # ---------------------------------------------------------------- streaming state for inference
 
 cdef class StreamState:

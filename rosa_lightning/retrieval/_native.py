@@ -12,3 +12,7 @@ MODE_WIDE = PathMode.MODE_WIDE
 gather_queries = _sam.gather_queries
 match = _sam.match
 StreamState = _sam.StreamState
+count_q_runs = _sam.count_q_runs
+match_into = _sam.match_into
+release_arenas = _sam.release_arenas
+arena_bytes = _sam.arena_bytes

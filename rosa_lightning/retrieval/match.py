@@ -1,7 +1,7 @@
 """``rosa_match``: the batched retrieval of docs/retrieval.md for every (row, route) pair."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ import torch
 from . import _native
 from .result import RosaBuffers, RosaMatch
 from .budget import resolve_threads
+from .indices import index_dtype
 from .validation import MAX_LENGTH, as_symbols, check_bits
 
 _LAYOUTS = ("BTR", "BRT")
@@ -82,3 +83,70 @@ def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: b
         cf_flat = np.empty(1, dtype=np.int32)
     _native.match(q_sym.numpy(), ka, btr, bits, tau.numpy(), cf_flat, nq, bool(want_cf), threads, int(_mode))
     return RosaMatch(tau=tau, cf=cf, num_q_runs=nqr, q_sym=q_sym, bits=bits)
+
+
+def _fresh(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+def match_narrow(q: torch.Tensor, k: torch.Tensor, bits: int, num_threads: Optional[int] = None, *,
+                 want_tau: bool = True, want_cf: bool = True, dtype: Optional[torch.dtype] = None,
+                 alloc: Optional[Callable[[str, tuple, torch.dtype], torch.Tensor]] = None,
+                 _mode: int = _native.MODE_HYBRID) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The retrieval the pipeline runs: ``rosa_match``'s tau and cf, written by the kernel's threads straight into
+    buffers of the narrow index dtype, with no extra pass over the inputs or the results in Python.
+
+    Args:
+        q, k: uint8 CPU tensors [B, R, T] (layout "BRT"), contiguous per pair (others are copied).
+        bits: bits per route M, 1..8; every symbol must be below 2**bits (checked inside the kernel's passes).
+        num_threads: kernel threads (None = every core of the process, as ``rosa_match``).
+        want_tau, want_cf: which results to write (the deferred counterfactual job asks for cf only).
+        dtype: torch.int16 or torch.int32 (default ``index_dtype(T)``).
+        alloc: ``alloc(name, shape, dtype)`` returns the buffer for "tau" or "cf" (e.g. the pipeline's reused pinned
+            buffers); default: fresh tensors.
+
+    Returns:
+        (tau [B, R, T] or None, cf [B, R, NQ, bits] or None), values equal to ``rosa_match(q, k, bits,
+        layout="BRT")``'s converted to ``dtype``; NQ = the largest number of Q-runs of a pair.
+    """
+    bits = check_bits(bits)
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 3 or x.device.type != "cpu":
+            raise ValueError(f"{name} must be a uint8 CPU tensor [B, R, T], got "
+                             f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, R, T = q.shape
+    if T == 0:
+        raise ValueError("q and k must hold at least one position (T >= 1)")
+    if T > MAX_LENGTH:
+        raise ValueError(f"sequence length T={T} exceeds the kernel's limit {MAX_LENGTH}")
+    dtype = index_dtype(T) if dtype is None else dtype
+    if dtype not in (torch.int16, torch.int32) or (dtype == torch.int16 and T > 32768):
+        raise ValueError(f"dtype must be torch.int16 (T <= 32768) or torch.int32, got {dtype} at T={T}")
+    alloc = alloc or _fresh
+    threads = resolve_threads(num_threads)
+    qa, ka = q.contiguous().numpy(), k.contiguous().numpy()
+    nqr = np.empty((B, R), dtype=np.int32)
+    top = _native.count_q_runs(qa, nqr, threads)
+    if top >= (1 << bits):
+        raise ValueError(f"q symbols must lie in [0, {1 << bits}) for bits={bits}, got a symbol {top}")
+    nq = max(1, int(nqr.max())) if B * R else 1
+    tau = alloc("tau", (B, R, T), dtype) if want_tau else None
+    cf = alloc("cf", (B, R, nq, bits), dtype) if want_cf else None
+    for name, buf, shape in (("tau", tau, (B, R, T)), ("cf", cf, (B, R, nq, bits))):
+        if buf is not None and (buf.dtype != dtype or tuple(buf.shape) != shape or not buf.is_contiguous()
+                                or buf.device.type != "cpu"):
+            raise ValueError(f"alloc returned a {name} buffer {tuple(buf.shape)} {buf.dtype}, expected a contiguous "
+                             f"CPU {dtype} tensor of shape {shape}")
+    if B * R == 0:
+        return tau, cf
+    empty = np.empty(1, dtype=np.int16 if dtype == torch.int16 else np.int32)
+    bad = _native.match_into(qa, ka, bits, tau.view(-1).numpy() if tau is not None else empty,
+                             cf.view(-1).numpy() if cf is not None else empty, nq, bool(want_tau), bool(want_cf),
+                             threads, int(_mode))
+    if bad is not None:
+        pair, symbol = bad
+        raise ValueError(f"k symbols must lie in [0, {1 << bits}) for bits={bits}, got a symbol {symbol} "
+                         f"(row {pair // R}, route {pair % R})")
+    return tau, cf

@@ -5,8 +5,9 @@ The batch implementation of the retrieval seam (``seam.py``): ``submit`` returns
 
 Per call: the layer's Q/K symbols (uint8 [B, T, R]) are transposed to [B, R, T] on the device;
 on CUDA a per-layer side stream (created once) waits on the compute stream, copies them into
-reused pinned host buffers and records an event. A worker thread waits on that event, runs
-``rosa_match`` (the kernel releases the GIL) and narrows the results to int16/int32. Meanwhile
+reused pinned host buffers and records an event. A worker thread waits on that event and runs
+``match_narrow`` (the kernel releases the GIL), whose threads write tau and cf in int16/int32 straight into the
+layer's reused pinned buffers (fresh tensors on the CPU, which autograd keeps). Meanwhile
 the main thread computes zv and attention. ``RetrievalHandle.wait`` then returns device tensors
 (non-blocking H2D copies on the compute stream) plus the timings.
 
@@ -26,7 +27,7 @@ import torch
 
 from .budget import kernel_threads
 from .indices import index_dtype, values_at
-from .match import rosa_match
+from .match import match_narrow
 from .seam import LayerRetrieval
 from .worker import CRITICAL, DEFERRED, DaemonWorker
 
@@ -177,8 +178,9 @@ class RetrievalPipeline:
         num_threads: kernel threads, "auto" (``budget.kernel_threads``) or an int >= 1.
         local_world_size, reserved_threads: inputs of the "auto" budget (ranks on the node, cores kept for the
             rank's main thread).
-        match_fn: the retrieval function (default ``rosa_lightning.retrieval.rosa_match``);
-            signature of ``rosa_match``.
+        match_fn: a retrieval function with the signature of ``rosa_match`` (tests count or break calls with it);
+            default None: ``match.match_narrow``, the same results written by the kernel's threads straight
+            into the narrow index dtype (into the layer's reused pinned buffers on CUDA), no extra pass in Python.
         wait_timeout_s: the longest ``RetrievalHandle.wait`` blocks before raising ``RetrievalTimeout``
             (None = forever).
         defer_counterfactuals: compute the counterfactual destinations in a second, lower-priority job, so a
@@ -200,7 +202,7 @@ class RetrievalPipeline:
         self.defer_counterfactuals = defer_counterfactuals
         self._hung = False
         self.num_threads = kernel_threads(num_threads, local_world=local_world_size, cpu_reserved=reserved_threads)
-        self._match_fn = match_fn if match_fn is not None else rosa_match
+        self._match_fn = match_fn
         self._executor: Optional[DaemonWorker] = None
         self._slots: dict[tuple, _LayerSlot] = {}
         self._kept: dict = {}
@@ -319,6 +321,9 @@ class RetrievalPipeline:
         if slot.event is not None:
             slot.event.synchronize()
         t0 = time.perf_counter()
+        if self._match_fn is None:
+            tau, cf = match_narrow(q, k, bits, self.num_threads, want_cf=want_cf, alloc=self._alloc(slot))
+            return tau, cf, time.perf_counter() - t0
         match = self._match_fn(q, k, bits, self.num_threads, want_cf=want_cf, layout="BRT")
         B, R, T = match.tau.shape
         dt = index_dtype(T)
@@ -332,9 +337,20 @@ class RetrievalPipeline:
         if slot.event is not None:
             slot.event.synchronize()
         t0 = time.perf_counter()
+        if self._match_fn is None:  # the kernel writes no tau
+            _, cf = match_narrow(q, k, bits, self.num_threads, want_tau=False, want_cf=True, alloc=self._alloc(slot))
+            return None, cf, time.perf_counter() - t0
         match = self._match_fn(q, k, bits, self.num_threads, want_cf=True, layout="BRT")
         cf = self._narrow(slot, "cf", match.cf, index_dtype(match.tau.shape[-1]))
         return None, cf, time.perf_counter() - t0
+
+    @staticmethod
+    def _alloc(slot: _LayerSlot):
+        """Result buffers of ``match_narrow``: on CUDA the layer's reused pinned buffers (the H2D copy follows), on
+        the CPU fresh tensors (autograd keeps them)."""
+        if slot.cuda:
+            return lambda name, shape, dtype: slot.host(name, shape, dtype)
+        return None
 
     @staticmethod
     def _narrow(slot: _LayerSlot, name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
