@@ -168,7 +168,7 @@ cdef void match_pairs(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, in
         ts = ar.tau_scratch + tid * ar.T
         cs = ar.cf_scratch + tid * ar.T * bits
         sam_reset(S, mode, 0)
-        scan_any(S, &q[b, r, 0], krow, T, ts, cs if want_cf else NULL)
+        scan_any(<NoJournal *> NULL, S, &q[b, r, 0], krow, T, ts, cs if want_cf else NULL)
         if want_tau:
             copy_out(ts, tau + pair * T, T)
         if want_cf:
