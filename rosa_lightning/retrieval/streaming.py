@@ -20,6 +20,12 @@ Protocol of one forward over ``T_new`` new positions:
 
 Times are absolute positions of the padded batch (column indices of ``input_ids``), so tau
 indexes the stored V symbols directly.
+
+Rollback (speculative decoding, docs/generation.md §8): ``begin(..., journal=True)`` makes the forward's scans keep
+undo journals; ``rollback(k)`` then removes the last k positions of that forward from every layer's stream and
+stored V symbols and from the token channel, exactly. The branch-input state (``branch_state``) holds only its
+value after the whole chunk, so with input options that keep one (kv_shift, center_u) only the whole forward can
+be rolled back (``partial_rollback`` tells).
 """
 from __future__ import annotations
 
@@ -81,6 +87,8 @@ class RosaGenerationCache:
         self.start: Optional[torch.Tensor] = None
         self.length = 0
         self._num_new = 0
+        self._journal = False
+        self._branch_before: Optional[dict] = None
 
     streaming = True  # the seam: positions arrive chunk by chunk
 
@@ -102,6 +110,8 @@ class RosaGenerationCache:
         self.start = None
         self.length = 0
         self._num_new = 0
+        self._journal = False
+        self._branch_before = None
 
     def _allocate(self, batch: int) -> None:
         if batch == self.batch:
@@ -114,7 +124,7 @@ class RosaGenerationCache:
 
     # ---- one forward -------------------------------------------------------------------------
     def begin(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor] = None,
-              num_new: Optional[int] = None) -> Optional[torch.Tensor]:
+              num_new: Optional[int] = None, journal: bool = False) -> Optional[torch.Tensor]:
         """Announce the next ``T_new`` positions; returns the token channel's ids for them.
 
         Args:
@@ -124,11 +134,14 @@ class RosaGenerationCache:
                 mark the new positions. On the first chunk, each row's leading zeros are its left
                 padding; later chunks must be all real tokens.
             num_new: T_new when ``input_ids`` is None.
+            journal: make this forward revocable (``rollback``); not on the first (prefill) chunk.
 
         Returns:
             int64 [B, T_new] on ``input_ids``' device (-1 = none) with the token channel, else None.
         """
         batch, n = self._shape(input_ids, attention_mask, num_new)
+        if journal and self.length == 0:
+            raise ValueError("the prefill (first chunk) cannot be journaled; journal the continuation chunks")
         if self.length == 0:
             self._allocate(batch)
             self.start = _left_padding(attention_mask, n, batch)
@@ -144,7 +157,10 @@ class RosaGenerationCache:
                 raise ValueError("the token channel needs input_ids in begin()")
             ids = input_ids.detach().to("cpu", torch.int64)
             first = self.length == 0
-            token_ids = self._tokens.scan(ids, start=self.start if first else None).to(input_ids.device)
+            token_ids = self._tokens.scan(ids, start=self.start if first else None,
+                                          journal=journal).to(input_ids.device)
+        self._journal = bool(journal)
+        self._branch_before = ({i: _copy_branch(st.branch) for i, st in self._states.items()} if journal else None)
         self.length += n
         self._num_new = n
         return token_ids
@@ -196,8 +212,66 @@ class RosaGenerationCache:
         # V first: tau may point at a new position itself (tau[t] <= t).
         state.values.append(v_sym.detach().to("cpu", torch.uint8))
         start = self.start if past == 0 else None
-        tau = state.stream.scan(q_sym.detach().cpu(), k_sym.detach().cpu(), start=start)
+        tau = state.stream.scan(q_sym.detach().cpu(), k_sym.detach().cpu(), start=start, journal=self._journal)
         return tau, state.values.gather(tau)
+
+    # ---- rollback ----------------------------------------------------------------------------
+    @property
+    def partial_rollback(self) -> bool:
+        """Whether ``rollback`` may keep part of the last forward: false when a branch-input option keeps streamed
+        state (kv_shift, center_u), which is known only after the whole chunk."""
+        return not any(st.branch for st in self._states.values())
+
+    @property
+    def rollback_positions(self) -> int:
+        """How many positions of the last forward ``rollback`` can remove (0 unless it was journaled)."""
+        return self._num_new if self._journal else 0
+
+    def rollback(self, k: int) -> None:
+        """Remove the last ``k`` positions of the last forward (begun with ``journal=True``, every ROSA layer
+        retrieved) from every layer's automata and stored V symbols and from the token channel; the next forward
+        continues exactly as after a forward over only the kept positions. With streamed branch-input state only
+        the whole forward can be removed (``partial_rollback``). HF's KV cache is the caller's to crop."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        if k > self.rollback_positions:
+            raise ValueError(f"cannot roll back {k} positions: the last forward "
+                             f"{'was not journaled' if not self._journal else f'had {self._num_new}'}")
+        if k == 0:
+            return
+        for i, st in self._states.items():
+            if st.stream.length != self.length:
+                raise RuntimeError(f"layer {i} has not retrieved the last forward's positions; roll back after the "
+                                   "forward has run through every ROSA layer")
+        if k < self._num_new and not self.partial_rollback:
+            raise NotImplementedError("the ROSA branch's input options (kv_shift / center_u) keep streamed state that "
+                                      "is known only after a whole chunk: roll back the whole forward "
+                                      f"(k={self._num_new}) and feed its kept positions again")
+        for i, st in self._states.items():
+            st.stream.rollback(k)
+            st.values.rollback(k)
+            if k == self._num_new and self._branch_before is not None:
+                st.branch = self._branch_before[i]
+        if self._tokens is not None:
+            self._tokens.rollback(k)
+        self.length -= k
+        self._num_new -= k
+        if self._num_new == 0:
+            self._journal = False
+
+    def token_match(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token channel's match after the tokens ``ids`` int [B, n], without keeping them: (end int64 [B],
+        length int32 [B]) as ``TokenStream.last_match``, with ``ids`` fed and then rolled back. Ends count real
+        tokens from each row's first one. Ends any journal of the last forward (commit)."""
+        if self._tokens is None:
+            raise ValueError("this cache has no token channel")
+        if self.length == 0:
+            raise ValueError("token_match needs the prompt to have been fed (begin) first")
+        self._tokens.scan(ids.detach().to("cpu", torch.int64), journal=True)
+        ends, lens = self._tokens.last_match()
+        self._tokens.rollback(ids.shape[1])
+        self._journal = False
+        return ends, lens
 
     def branch_state(self, layer_idx: int) -> dict:
         """Mutable per-layer dict for the branch's own streamed state (the input options of
@@ -251,6 +325,11 @@ class _StreamJob:
         device = self._q.device
         return LayerRetrieval(tau=tau.to(device), v_at_tau=v_at_tau.to(device=device, dtype=torch.uint8),
                               retrieval_s=seconds, wait_s=seconds)
+
+
+def _copy_branch(state: dict) -> dict:
+    """A copy of a layer's branch-input state that later forwards do not change (they replace its tensors)."""
+    return {key: (dict(value) if isinstance(value, dict) else value) for key, value in state.items()}
 
 
 def _left_padding(attention_mask: Optional[torch.Tensor], n: int, batch: int) -> torch.Tensor:
