@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rosa_lightning.cli import finish_loggers, instantiate_group
 from rosa_lightning.evaluation.records import hub_data_dir
@@ -24,6 +24,7 @@ from rosa_lightning.evaluation.results import markdown_table, summarize, write_r
 from rosa_lightning.evaluation.runner import PredictionFile, Throughput, run_samples
 from rosa_lightning.evaluation.tasks import Task, longbench_task, niah_task
 from rosa_lightning.generation.loading import ModelSource, active_rosa_layers, load_inference_model
+from rosa_lightning.modeling.generate import SpeculativeConfig
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -48,11 +49,13 @@ def evaluate(cfg: DictConfig, model: Optional[torch.nn.Module] = None, tokenizer
     results: dict[str, Any] = {"arm": cfg.get("arm") or arm_label(model), "model": source.description,
                                "longbench": {}, "longbench_e": {}, "niah": {}}
     total, start = Throughput(), time.perf_counter()
+    speculative = SpeculativeConfig.coerce(_speculative_option(cfg))
     try:
         for task in tasks:
             preds = PredictionFile(out_dir / "predictions" / f"{task.name}.jsonl")
             total.add(run_samples(model, tokenizer, task.samples, preds, _row, batch_size=int(cfg.batch_size),
-                                  max_batch_tokens=int(cfg.max_batch_tokens), desc=task.name))
+                                  max_batch_tokens=int(cfg.max_batch_tokens), desc=task.name,
+                                  speculative=speculative))
             rows = [preds.rows[s.key] for s in task.samples]
             score = task.score(rows)
             results[task.kind][task.key] = score
@@ -70,6 +73,12 @@ def evaluate(cfg: DictConfig, model: Optional[torch.nn.Module] = None, tokenizer
           f"{tp['prefill_tokens_per_s']} tok/s, decode {tp['decode_tokens']} tokens at {tp['decode_tokens_per_s']} tok/s")
     log.info("results: %s", out_dir / "results.json")
     return results
+
+
+def _speculative_option(cfg: DictConfig) -> Any:
+    """``generation.speculative`` as plain data (None when absent)."""
+    node = (cfg.get("generation") or {}).get("speculative")
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_tasks(cfg: DictConfig, tokenizer: Any) -> list[Task]:

@@ -6,6 +6,10 @@ is one ``model.generate`` call: for a ROSA model one prefill of the ROSA generat
 at a time. Predictions are the new tokens up to and including the first stop token, decoded with
 ``skip_special_tokens=True`` (the official ``pred.py`` decodes ``output[context_length:]`` of an unpadded
 row, which ends at the first stop token).
+
+With ``speculative`` (``generation.speculative`` in conf/eval.yaml) each batch is decoded by ROSA-native speculative
+decoding instead (``rosa_lightning.modeling.generate.speculative_greedy``, docs/generation.md §8): the same greedy
+tokens, rows one after the other, and the prefill / decode split from its own clock.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
+
+from rosa_lightning.modeling.generate import SpeculativeConfig, speculative_greedy
 
 
 @dataclass
@@ -130,8 +136,10 @@ def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
 
 
 @torch.no_grad()
-def generate_batch(model: torch.nn.Module, tokenizer: Any, group: list[Sample]) -> tuple[list[list[int]], Throughput]:
-    """Greedy completions (token ids up to and including the first stop) of one batch, and its timing."""
+def generate_batch(model: torch.nn.Module, tokenizer: Any, group: list[Sample],
+                   speculative: Optional[SpeculativeConfig] = None) -> tuple[list[list[int]], Throughput]:
+    """Greedy completions (token ids up to and including the first stop) of one batch, and its timing
+    (``speculative``: through speculative decoding, the same tokens)."""
     first = group[0]
     width = max(len(s.input_ids) for s in group)
     pad = tokenizer.pad_token_id
@@ -146,6 +154,8 @@ def generate_batch(model: torch.nn.Module, tokenizer: Any, group: list[Sample]) 
         kwargs["eos_token_id"] = sorted(stops | set(first.stop_ids))
     if first.min_new_tokens:
         kwargs["min_new_tokens"] = first.min_new_tokens
+    if speculative is not None:
+        return _generate_speculative(model, ids, mask, group, stops, kwargs, speculative, pad)
     clock = _FirstStepClock()
     start = time.perf_counter()
     out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=False,
@@ -161,6 +171,25 @@ def generate_batch(model: torch.nn.Module, tokenizer: Any, group: list[Sample]) 
     return completions, timing
 
 
+def _generate_speculative(model, ids, mask, group, stops, kwargs, spec: SpeculativeConfig,
+                          pad) -> tuple[list[list[int]], Throughput]:
+    first = group[0]
+    width = ids.shape[1]
+    start = time.perf_counter()
+    out = speculative_greedy(model, ids.to(model.device), mask.to(model.device), max_new_tokens=first.max_new_tokens,
+                             eos_token_id=kwargs.get("eos_token_id", sorted(stops)), pad_token_id=pad,
+                             num_draft=spec.num_draft, min_match=spec.min_match,
+                             min_new_tokens=kwargs.get("min_new_tokens", 0))
+    end = time.perf_counter()
+    stops = stops | set(first.stop_ids)
+    completions = [_cut(row.tolist(), stops) for row in out.sequences[:, width:].cpu()]
+    decode_s = out.stats.decode_s
+    timing = Throughput(prefill_tokens=int(mask.sum()), prefill_s=end - start - decode_s,
+                        decode_tokens=sum(max(len(c) - 1, 0) for c in completions), decode_s=decode_s,
+                        samples=len(group))
+    return completions, timing
+
+
 def _cut(tokens: list[int], stops: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in stops:
@@ -170,7 +199,7 @@ def _cut(tokens: list[int], stops: set[int]) -> list[int]:
 
 def run_samples(model: torch.nn.Module, tokenizer: Any, samples: list[Sample], out: PredictionFile,
                 make_row: Callable[[Sample, str], dict], *, batch_size: int, max_batch_tokens: int,
-                desc: str) -> Throughput:
+                desc: str, speculative: Optional[SpeculativeConfig] = None) -> Throughput:
     """Generate every sample not yet in ``out`` and append ``make_row(sample, prediction)`` for each."""
     todo = [s for s in samples if s.key not in out.rows]
     total = Throughput()
@@ -178,7 +207,7 @@ def run_samples(model: torch.nn.Module, tokenizer: Any, samples: list[Sample], o
                leave=True)
     try:
         for group in batches(todo, batch_size, max_batch_tokens):
-            completions, timing = generate_batch(model, tokenizer, group)
+            completions, timing = generate_batch(model, tokenizer, group, speculative)
             out.append([make_row(s, tokenizer.decode(c, skip_special_tokens=True)) for s, c in zip(group, completions)])
             total.add(timing)
             bar.update(len(group))

@@ -211,7 +211,7 @@ class SuffixDrafter:
 @torch.no_grad()
 def speculative_greedy(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
                        max_new_tokens: int, eos_token_id: Any = None, pad_token_id: Optional[int] = None,
-                       num_draft: int = 8, min_match: int = 2,
+                       num_draft: int = 8, min_match: int = 2, min_new_tokens: int = 0,
                        rosa_cache: Optional[RosaGenerationCache] = None) -> SpeculativeOutput:
     """Greedy decoding with drafts from the suffix automaton, verified exactly (docs/generation.md §8).
 
@@ -220,7 +220,8 @@ def speculative_greedy(model, input_ids: torch.Tensor, attention_mask: Optional[
     per step one forward over [the tokens not yet fed + the draft]; the longest draft prefix equal to the model's
     own greedy choices is kept, plus the model's next token; the rest is rolled back from the ROSA state and the KV
     cache. The tokens are those of plain greedy decoding (up to floating-point differences between a chunked and a
-    one-token forward, which can only matter at an exact tie of two logits).
+    one-token forward, which can only matter at an exact tie of two logits). ``min_new_tokens``: the EOS ids are
+    excluded until a row has that many new tokens (HF's MinNewTokensLengthLogitsProcessor).
     """
     spec = SpeculativeConfig(num_draft=num_draft, min_match=min_match)
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
@@ -245,7 +246,7 @@ def speculative_greedy(model, input_ids: torch.Tensor, attention_mask: Optional[
         prompt = input_ids[b][real]
         if prompt.numel() == 0:
             raise ValueError(f"row {b} has no real token")
-        rows.append(_decode_row(model, prompt, max_new_tokens, eos, spec, rc, stats))
+        rows.append(_decode_row(model, prompt, max_new_tokens, eos, spec, rc, stats, int(min_new_tokens or 0)))
     width = input_ids.shape[1]
     longest = max(len(r) for r in rows)
     if pad_token_id is None and any(len(r) < longest for r in rows):
@@ -259,7 +260,7 @@ def speculative_greedy(model, input_ids: torch.Tensor, attention_mask: Optional[
 
 
 def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: SpeculativeConfig,
-                rc: Optional[RosaGenerationCache], stats: SpeculativeStats) -> list[int]:
+                rc: Optional[RosaGenerationCache], stats: SpeculativeStats, min_new: int = 0) -> list[int]:
     device = model.device
     kv = DynamicCache(config=model.config)
     if rc is not None:
@@ -280,13 +281,22 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
                     **kwargs)
         return out.logits[0]
 
+    eos_ids = sorted(eos)
+
+    def choose(logits: torch.Tensor, first: int) -> list[int]:
+        """Greedy tokens of logits rows [n, V], row r choosing new token number first + r."""
+        if min_new > first and eos_ids:
+            logits = logits.clone()
+            logits[:min_new - first, eos_ids] = float("-inf")
+        return logits.argmax(-1).tolist()
+
     def rollback(k: int) -> None:
         if rc is not None:
             rc.rollback(k)
         kv.crop(-k)
 
     history = prompt.tolist()
-    first = int(forward(history, False)[-1].argmax())
+    first = choose(forward(history, False)[-1:], 0)[0]
     kv.activate_past_recording()  # sliding layers keep their evicted keys until crop, so a crop can restore them
     t0 = time.perf_counter()
     drafter = SuffixDrafter(spec.num_draft, spec.min_match, rc)
@@ -299,7 +309,7 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
         draft = drafter.propose(history, pending, remaining)
         chunk = pending + draft
         logits = forward(chunk, journal=bool(draft))
-        preds = logits[len(pending) - 1:].argmax(-1).tolist()
+        preds = choose(logits[len(pending) - 1:], len(generated))
         a = 0
         while a < len(draft) and draft[a] == preds[a]:
             a += 1
@@ -348,7 +358,7 @@ def _eos_set(eos_token_id: Any) -> set:
 # Generation-config fields whose effect the speculative loop does not reproduce: refused unless at their neutral value.
 _NEUTRAL = {"do_sample": (None, False), "num_beams": (None, 1), "num_return_sequences": (None, 1),
             "repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
-            "min_new_tokens": (None, 0), "min_length": (None, 0), "suppress_tokens": (None,),
+            "min_length": (None, 0), "suppress_tokens": (None,),
             "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
             "stop_strings": (None,), "sequence_bias": (None,), "renormalize_logits": (None, False),
             "return_dict_in_generate": (None, False), "output_scores": (None, False), "output_logits": (None, False),
@@ -388,4 +398,5 @@ def _generate_speculative(model, inputs, config, kwargs: dict, spec: Speculative
         pad = next(iter(sorted(_eos_set(eos))))
     return speculative_greedy(model, ids, model_kwargs.get("attention_mask"), max_new_tokens=int(max_new),
                               eos_token_id=eos, pad_token_id=pad, num_draft=spec.num_draft,
-                              min_match=spec.min_match, rosa_cache=rosa_cache).sequences
+                              min_match=spec.min_match, min_new_tokens=int(cfg.min_new_tokens or 0),
+                              rosa_cache=rosa_cache).sequences
