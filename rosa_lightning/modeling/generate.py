@@ -151,6 +151,7 @@ class SpeculativeStats:
     forwards: int = 0          # verifying forwards after the prefill (one per emitted group of tokens)
     drafted: int = 0           # draft tokens proposed
     accepted: int = 0          # draft tokens accepted
+    accepted_from_prompt: int = 0  # of which drafted from a match that ended inside the prompt
     draft_forwards: int = 0    # forwards that carried at least one draft token
     decode_s: float = 0.0      # wall time after the prefills
     per_row: list = field(default_factory=list)
@@ -179,6 +180,7 @@ class SuffixDrafter:
         self.num_draft, self.min_match = int(num_draft), int(min_match)
         self._cache = rosa_cache if rosa_cache is not None and rosa_cache.token_channel else None
         self._own = TokenStream(1, num_threads=1) if self._cache is None else None
+        self.last_end: Optional[int] = None  # where the last draft's match ended (index into the sequence)
 
     def feed(self, tokens: Sequence[int]) -> None:
         """Committed tokens (the prompt, then every emitted token)."""
@@ -195,8 +197,10 @@ class SuffixDrafter:
         else:
             ends, lens = self._own.last_match()
         end, length = int(ends[0]), int(lens[0])
+        self.last_end = None
         if end < 0 or length < self.min_match:
             return []
+        self.last_end = end
         t = len(history) - 1
         period = t - end
         draft = []
@@ -303,7 +307,7 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
     drafter.feed(history + [first])
     history.append(first)
     generated, pending = [first], [first]
-    forwards = drafted = accepted = 0
+    forwards = drafted = accepted = from_prompt = 0
     while len(generated) < max_new and generated[-1] not in eos:
         remaining = max_new - len(generated)
         draft = drafter.propose(history, pending, remaining)
@@ -316,6 +320,8 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
         forwards += 1
         drafted += len(draft)
         accepted += a
+        if draft and drafter.last_end is not None and drafter.last_end < prompt.numel():
+            from_prompt += a
         reject = len(draft) - a
         if reject == 0:
             kv.crop(0)  # trims the sliding layers back to their window
@@ -340,8 +346,9 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
     stats.forwards += forwards
     stats.drafted += drafted
     stats.accepted += accepted
+    stats.accepted_from_prompt += from_prompt
     stats.per_row.append({"new_tokens": len(generated), "forwards": forwards, "drafted": drafted,
-                          "accepted": accepted})
+                          "accepted": accepted, "accepted_from_prompt": from_prompt})
     return generated
 
 
