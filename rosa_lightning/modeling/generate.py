@@ -389,8 +389,9 @@ def _generate_speculative(model, inputs, config, kwargs: dict, spec: Speculative
                                   "drop rosa_speculative")
     bad = sorted(name for name, ok in _NEUTRAL.items() if getattr(cfg, name, None) not in ok)
     if bad:
+        settings = ", ".join(f"{n}={getattr(cfg, n)!r}" for n in bad)
         raise NotImplementedError(f"rosa_speculative supports greedy decoding with max_new_tokens / max_length, "
-                                  f"eos_token_id and pad_token_id only; not {', '.join(f'{n}={getattr(cfg, n)!r}' for n in bad)}")
+                                  f"eos_token_id, pad_token_id and min_new_tokens only; not {settings}")
     ids = inputs if inputs is not None else model_kwargs.get("input_ids")
     if ids is None:
         raise ValueError("rosa_speculative needs input_ids (inputs_embeds prompts are not supported)")

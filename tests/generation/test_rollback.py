@@ -145,7 +145,7 @@ def test_value_store_rollback():
 
 
 def brute_last_match(row):
-    """(end, length) of §9.1 at the last position of row: the latest j < t with the longest common suffix."""
+    """(end, length) of docs/retrieval.md §9.1 at the last position: the latest j < t with the longest common suffix."""
     t = len(row) - 1
     best, end = 0, -1
     for j in range(t):
