@@ -100,6 +100,23 @@ include "journal.pxi"
 include "lct.pxi"
 
 
+# Alphabet tag of the scan's functions: ``Alpha16`` compiles them for bits = 4 with the alphabet size, the
+# bit count and the row width as constants (dense 32-byte uint16 rows set and copied by fixed-size stores,
+# index arithmetic by shifts, the per-bit loops unrolled); ``AlphaAny`` reads them from the Sam. Both give the
+# same results (``scan_any`` picks the tag).
+cdef struct Alpha16:
+    int32_t unused
+
+
+cdef struct AlphaAny:
+    int32_t unused
+
+
+ctypedef fused al_t:
+    Alpha16
+    AlphaAny
+
+
 cdef struct Sam:
     int32_t A            # alphabet size 2**bits
     int32_t bits
@@ -229,12 +246,13 @@ cdef int sam_reserve(Sam *S, int64_t more_positions) noexcept nogil:
     return 0
 
 
-cdef inline int32_t new_state(Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t n) noexcept nogil:
+cdef inline int32_t new_state(al_t *al, Sam *S, idx_t *nx, int32_t slen, idx_t link, idx_t n) noexcept nogil:
     cdef int32_t v = S.n_states
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     S.n_states += 1
-    memset(nx + <int64_t> v * S.A, 0, S.A * sizeof(idx_t))
+    memset(nx + <int64_t> v * A, 0, A * sizeof(idx_t))
     I[v * INFO_W + F_LINK] = link
     I[v * INFO_W + F_LEN] = <idx_t> slen
     I[v * INFO_W + F_N] = n
@@ -250,9 +268,9 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     S.mode = mode & MODE_PATH_MASK
     S.lct = 1 if S.mode == MODE_LCT else 0
     if S.wide:
-        new_state(S, <int32_t *> S.nxt, 0, -1, 0)
+        new_state(<AlphaAny *> NULL, S, <int32_t *> S.nxt, 0, -1, 0)
     else:
-        new_state(S, <uint16_t *> S.nxt, 0, <uint16_t> 0xFFFF, 0)
+        new_state(<AlphaAny *> NULL, S, <uint16_t *> S.nxt, 0, <uint16_t> 0xFFFF, 0)
     S.last = 0
     S.n_runs = 0
     S.st = 0
@@ -286,13 +304,13 @@ cdef void lct_enable(jr_t *jr, Sam *S, idx_t *nx) noexcept nogil:
 
 # ---------------------------------------------------------------- automaton
 
-cdef void extend(jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
+cdef void extend(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept nogil:
     """Append symbol x at K-run index pos (docs/retrieval.md §3.2)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L = <idx_t *> S.lctn
-    cdef int64_t A = S.A
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef idx_t NIL = <idx_t> -1
-    cdef idx_t cur = <idx_t> new_state(S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
+    cdef idx_t cur = <idx_t> new_state(al, S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
     cdef idx_t v = <idx_t> S.last
     cdef idx_t w, clone
     cdef int64_t steps
@@ -310,7 +328,7 @@ cdef void extend(jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) noexcept n
         else:
             if S.lct:
                 lct_cut(jr, L, I, w)  # also makes e[w] exact
-            clone = <idx_t> new_state(S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
+            clone = <idx_t> new_state(al, S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
                                       I[w * INFO_W + F_N])
             memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))
             I[clone * INFO_W + F_MASK] = I[w * INFO_W + F_MASK]
@@ -367,12 +385,12 @@ cdef inline idx_t lct_deepest_with(jr_t *jr, idx_t *L, idx_t *I, idx_t *nx, int6
     return best
 
 
-cdef inline int32_t step(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
+cdef inline int32_t step(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t x) noexcept nogil:
     """docs/retrieval.md §3.3 step(v, x): the x-successor of the deepest suffix-link ancestor having one;
     0 = none (a transition never targets the root)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
-    cdef int64_t A = S.A
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef idx_t u = <idx_t> v, best, top
     if nx[x] == 0:                          # the root lies on every chain: O(1) failure
         return 0
@@ -406,7 +424,7 @@ cdef inline int32_t dest_time(jr_t *jr, Sam *S, idx_t *nx, int32_t ns) noexcept 
     return -1
 
 
-cdef int32_t probe_flips(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips,
+cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, uint32_t flips,
                         int32_t *out) noexcept nogil:
     """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
 
@@ -415,8 +433,8 @@ cdef int32_t probe_flips(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, uint
     none); otherwise returns -1 (not computed)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
-    cdef int64_t A = S.A
-    cdef int32_t bits = S.bits
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
+    cdef int32_t bits = 4 if al_t is Alpha16 else S.bits
     cdef int32_t ns[8]
     cdef int32_t j, x, n
     cdef int32_t pending = 0
@@ -482,16 +500,17 @@ cdef int32_t probe_flips(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, uint
     return -1
 
 
-cdef void scan_pair(jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
+cdef void scan_pair(al_t *al, jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t *k, int64_t n,
                     int32_t *tau, int32_t *cf) noexcept nogil:
     """Consume n positions (docs/retrieval.md §3.4, the scan body); writes tau[0..n) and, if cf != NULL, the
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
     cdef int64_t i
     cdef int32_t a, x, ns, pre, j
-    cdef int32_t bits = S.bits
+    cdef int32_t bits = 4 if al_t is Alpha16 else S.bits
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef uint32_t flipset[MASK_MAX_A]
-    if S.A <= MASK_MAX_A:
-        for a in range(S.A):
+    if A <= MASK_MAX_A:
+        for a in range(A):
             flipset[a] = 0
             for j in range(bits):
                 flipset[a] |= 1u << (a ^ (1 << j))
@@ -505,17 +524,17 @@ cdef void scan_pair(jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t
             S.lastk = x
             S.run_start[S.n_runs] = <int32_t> S.length
             S.n_runs += 1
-            extend(jr, S, nx, x, S.n_runs - 1)
+            extend(al, jr, S, nx, x, S.n_runs - 1)
         a = q[i]
         if a != S.lastq:
             S.lastq = a
             S.adv = 0
             pre = -1
             if cf != NULL:
-                pre = probe_flips(jr, S, nx, S.st, a, flipset[a] if S.A <= MASK_MAX_A else 0,
+                pre = probe_flips(al, jr, S, nx, S.st, a, flipset[a] if A <= MASK_MAX_A else 0,
                                   cf + <int64_t> S.nq * bits)
             S.nq += 1
-            ns = pre if pre >= 0 else step(jr, S, nx, S.st, a)
+            ns = pre if pre >= 0 else step(al, jr, S, nx, S.st, a)
             tau[i] = dest_time(jr, S, nx, ns)
             if ns != 0:
                 S.st = ns
@@ -524,7 +543,7 @@ cdef void scan_pair(jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
             tau[i] = dest_time(jr, S, nx, nx[a])
         else:
-            ns = step(jr, S, nx, S.st, a)
+            ns = step(al, jr, S, nx, S.st, a)
             tau[i] = dest_time(jr, S, nx, ns)
             if ns != 0:
                 S.st = ns
@@ -537,10 +556,15 @@ cdef void scan_pair(jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, const uint8_t
 
 cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                           int32_t *tau, int32_t *cf) noexcept nogil:
-    if S.wide:
-        scan_pair(jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
+    if S.A == 16:
+        if S.wide:
+            scan_pair(<Alpha16 *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
+        else:
+            scan_pair(<Alpha16 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
+    elif S.wide:
+        scan_pair(<AlphaAny *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
     else:
-        scan_pair(jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
+        scan_pair(<AlphaAny *> NULL, jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
 
 
 # ---------------------------------------------------------------- batched training entry points
