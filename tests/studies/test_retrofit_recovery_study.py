@@ -44,3 +44,31 @@ def test_retrofit_recovery_smoke(tmp_path):
     table_again = json.loads((out / "results.json").read_text())["summary"]["table"]
     assert table_again == {a: table[a] for a in ("global", "window", "rosa_published")}
     assert "Trainer.fit" not in again.stderr + again.stdout
+
+
+def test_repeat_rows_score_only_the_second_copy(tmp_path):
+    """``RepeatRows``: the scored tokens end just before the row's final EOT and occur earlier in the row (the first
+    copy of the block), farther back than the window."""
+    import hydra
+
+    from experiments.retrofit_recovery import run as study
+
+    logs = tmp_path / "logs"
+    s = study.settings(True, logs)
+    cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], logs / "scratch")
+    source = hydra.utils.instantiate(cfg.data.source)
+    rows = study.RepeatRows(source, 4, s["seq_len"])
+    eot = source.corpus.eot_id
+    for i in range(len(rows)):
+        item = rows[i]
+        ids, labels = item["input_ids"].tolist(), item["labels"]
+        scored = (labels != -100).nonzero().flatten().tolist()
+        assert scored and scored == list(range(scored[0], len(ids) - 1)) and ids[-1] == eot
+        assert all(int(labels[j]) == ids[j] for j in scored)
+        # the block's text occurs earlier in the row (its tokens may split differently at its edges), more than a
+        # window back
+        block = source.tokenizer.decode([ids[j] for j in scored]).strip()
+        before = source.tokenizer.decode(ids[: scored[0]])
+        assert block and block in before, "the scored block does not occur earlier in the row"
+        start = before.rindex(block)
+        assert len(source.tokenizer(before[start:], add_special_tokens=False)["input_ids"]) > s["window"]
