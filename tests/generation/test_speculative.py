@@ -69,16 +69,16 @@ class OracleDrafter(SuffixDrafter):
 
 def test_greedy_identical_with_suffix_drafts(model):
     prompt = _prompt(1)
-    want = model.generate(prompt, max_new_tokens=40, do_sample=False)
-    for spec in ({"num_draft": 4, "min_match": 1}, {"num_draft": 8, "min_match": 3}, 1):
-        got = model.generate(prompt, max_new_tokens=40, do_sample=False, rosa_speculative=spec)
+    want = model.generate(prompt, max_new_tokens=24, do_sample=False)
+    for spec in ({"num_draft": 4, "min_match": 1}, 1):
+        got = model.generate(prompt, max_new_tokens=24, do_sample=False, rosa_speculative=spec)
         assert torch.equal(got, want), spec
 
 
 def test_greedy_identical_under_random_acceptance(model, monkeypatch):
     """Drafts accepted in part at random points: every kind of rollback, past the window of the sliding layers."""
-    prompt = _prompt(2, length=30)
-    max_new = 48
+    prompt = _prompt(2, length=20)
+    max_new = 36
     want = model.generate(prompt, max_new_tokens=max_new, do_sample=False)
     OracleDrafter.answer = want[0, prompt.shape[1]:].tolist()
     OracleDrafter.prompt_len = prompt.shape[1]
@@ -100,7 +100,7 @@ def test_left_padded_batch(model):
     for b, p in enumerate(prompts):
         ids[b, width - len(p):] = p
         mask[b, width - len(p):] = 1
-    kw = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
     want = model.generate(ids, **kw)
     got = model.generate(ids, rosa_speculative={"num_draft": 5, "min_match": 1}, **kw)
     assert torch.equal(got, want)
@@ -109,15 +109,15 @@ def test_left_padded_batch(model):
 def test_eos_and_prompt_lookup_mapping():
     model = _model(token_channel="shared")
     prompt = _prompt(6)
-    free = model.generate(prompt, max_new_tokens=30, do_sample=False)[0, prompt.shape[1]:]
+    free = model.generate(prompt, max_new_tokens=20, do_sample=False)[0, prompt.shape[1]:]
     eos = int(free[7])
-    want = model.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=eos, pad_token_id=0)
-    got = model.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=eos, pad_token_id=0,
+    want = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    got = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0,
                          prompt_lookup_num_tokens=4)
     assert torch.equal(got, want) and int(got[0, -1]) == eos
     rc = RosaGenerationCache.for_model(model)
-    got = model.generate(prompt, max_new_tokens=30, do_sample=False, rosa_cache=rc, rosa_speculative=True)
-    assert torch.equal(got, model.generate(prompt, max_new_tokens=30, do_sample=False))
+    got = model.generate(prompt, max_new_tokens=20, do_sample=False, rosa_cache=rc, rosa_speculative=True)
+    assert torch.equal(got, model.generate(prompt, max_new_tokens=20, do_sample=False))
     assert rc.length == got.shape[1] - 1  # the state holds every fed token, and nothing rolled back is left
 
 
