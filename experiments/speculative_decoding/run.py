@@ -159,15 +159,18 @@ def measure(model, items: list[dict], new_tokens: int) -> list[dict]:
 
 def overhead(model, prompt: torch.Tensor, steps: int, reps: int = 5) -> dict:
     """Single-token decoding, journaled vs not, and the speculative loop when it finds nothing to draft (min_match
-    out of reach), interleaved in one process; median seconds per token."""
+    out of reach), interleaved in one process (the order rotates every run); median seconds per token."""
     times = {"plain": [], "journaled": [], "spec_no_draft": []}
-    for _ in range(reps):
-        for name, j in (("plain", False), ("journaled", True)):
-            _, s = plain_greedy(model, prompt, steps + 1, journal=j)
-            times[name].append(s / steps)
-        out = speculative_greedy(model, prompt[None], max_new_tokens=steps + 1, min_match=10**9)
-        assert out.stats.drafted == 0
-        times["spec_no_draft"].append(out.stats.decode_s / steps)
+    names = list(times)
+    for rep in range(reps):
+        for name in names[rep % 3:] + names[:rep % 3]:  # each method first, second and third equally often
+            if name == "spec_no_draft":
+                out = speculative_greedy(model, prompt[None], max_new_tokens=steps + 1, min_match=10**9)
+                assert out.stats.drafted == 0
+                times[name].append(out.stats.decode_s / steps)
+            else:
+                _, s = plain_greedy(model, prompt, steps + 1, journal=name == "journaled")
+                times[name].append(s / steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"reps": reps, "steps": steps, "ms_per_token": {k: 1e3 * v for k, v in med.items()},
             "added_percent": 100.0 * (med["journaled"] / med["plain"] - 1),
@@ -238,7 +241,7 @@ def main(argv=None) -> dict:
     items = prompts(held_out, corpus.eot_id, cfg["context"], cfg["new_tokens"], cfg["samples"], vocab)
     rows = measure(model, items, cfg["new_tokens"])
     over = overhead(model, torch.as_tensor(np.asarray(items[0]["ids"]), dtype=torch.long), cfg["overhead_steps"],
-                    reps=15 if not args.smoke else 1)
+                    reps=15 if not args.smoke else 3)
     result = {"config": cfg, "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread, "
               f"1 kernel thread", "train_s": train_s, "loss_first": losses[0], "loss_last": losses[-1],
               "rows": rows, "table": summarise(rows), "overhead": over}
