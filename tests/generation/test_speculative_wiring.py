@@ -55,3 +55,22 @@ def test_eval_option_and_runner(tmp_path):
     finally:
         handle.remove()
     assert got == want and len(got[0]) == 4 and got[0][-1] == newline  # three tokens, then the stop
+
+
+def test_generate_entry_point_with_the_readme_option(checkpoint, tmp_path):  # noqa: F811
+    """The README's command shape: ``python generate.py ... generation.rosa_speculative=true`` prints what plain
+    greedy decoding prints."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_generate_cli import ROOT, _reference
+
+    backbone, adapter = checkpoint
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "generate.py"), f"model.backbone={backbone}",
+                          f"adapter={adapter}", f"prompt='{PROMPT}'", "max_new_tokens=8",
+                          "generation.rosa_speculative=true", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == PROMPT + _reference(backbone, adapter, PROMPT, 8)
