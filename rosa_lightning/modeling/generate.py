@@ -154,6 +154,7 @@ class SpeculativeStats:
     accepted_from_prompt: int = 0  # of which drafted from a match that ended inside the prompt
     draft_forwards: int = 0    # forwards that carried at least one draft token
     decode_s: float = 0.0      # wall time after the prefills
+    decode_cpu_s: float = 0.0  # process CPU time after the prefills
     per_row: list = field(default_factory=list)
 
     @property
@@ -302,7 +303,7 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
     history = prompt.tolist()
     first = choose(forward(history, False)[-1:], 0)[0]
     kv.activate_past_recording()  # sliding layers keep their evicted keys until crop, so a crop can restore them
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     drafter = SuffixDrafter(spec.num_draft, spec.min_match, rc)
     drafter.feed(history + [first])
     history.append(first)
@@ -342,6 +343,7 @@ def _decode_row(model, prompt: torch.Tensor, max_new: int, eos: set, spec: Specu
         drafter.feed(new)
         stats.draft_forwards += bool(draft)
     stats.decode_s += time.perf_counter() - t0
+    stats.decode_cpu_s += time.process_time() - c0
     stats.new_tokens += len(generated)
     stats.forwards += forwards
     stats.drafted += drafted
