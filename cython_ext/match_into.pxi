@@ -100,13 +100,24 @@ def arena_bytes():
     return int(_cache.n * (per + _cache.T * (1 + _cache.bits) * 4))
 
 
+cdef inline int32_t row_runs(const uint8_t *row, int64_t T, uint8_t *top) noexcept nogil:
+    """Runs of row[0..T) (T >= 1) and, in top[0], its largest symbol; two branch-free reductions that the compiler
+    vectorises (a loop of its own, outside the parallel region's private variables)."""
+    cdef int64_t t
+    cdef int32_t changes = 0
+    cdef uint8_t hi = row[0]
+    for t in range(1, T):
+        changes += row[t] != row[t - 1]
+    for t in range(T):
+        hi = row[t] if row[t] > hi else hi
+    top[0] = hi
+    return changes + 1
+
+
 def count_q_runs(const uint8_t[:, :, ::1] q, int32_t[:, ::1] num_q_runs, int num_threads):
     """num_q_runs[b, r] = Q-runs of q[b, r, :] ([B, R, T]); returns the largest symbol of q (-1 if empty)."""
     cdef int64_t B = q.shape[0], R = q.shape[1], T = q.shape[2]
-    cdef int64_t pair, b, r, t
-    cdef int32_t runs
-    cdef uint8_t hi, prev, c
-    cdef const uint8_t *row
+    cdef int64_t pair, b, r
     cdef uint8_t[:] his = bytearray(max(1, B * R))
     cdef int32_t best = -1
     if T == 0 or B * R == 0:
@@ -115,17 +126,7 @@ def count_q_runs(const uint8_t[:, :, ::1] q, int32_t[:, ::1] num_q_runs, int num
         for pair in prange(B * R, num_threads=max(1, num_threads), schedule="static"):
             b = pair // R
             r = pair % R
-            row = &q[b, r, 0]
-            runs = 1
-            hi = row[0]
-            prev = row[0]
-            for t in range(1, T):
-                c = row[t]
-                runs = runs + (c != prev)
-                hi = c if c > hi else hi
-                prev = c
-            num_q_runs[b, r] = runs
-            his[pair] = hi
+            num_q_runs[b, r] = row_runs(&q[b, r, 0], T, &his[pair])
     for pair in range(B * R):
         if his[pair] > best:
             best = his[pair]
