@@ -100,15 +100,11 @@ include "journal.pxi"
 include "lct.pxi"
 
 
-# Alphabet tag of the scan's functions: ``Alpha16`` and ``Alpha256`` compile them for bits = 4 and bits = 8 with
-# the alphabet size, the bit count and the row width as constants (dense uint16 rows of 32 / 512 bytes set and
-# copied by fixed-size stores, index arithmetic by shifts, the per-bit loops unrolled); ``AlphaAny`` reads them
-# from the Sam. All give the same results (``scan_any`` picks the tag).
+# Alphabet tag of the scan's functions: ``Alpha16`` compiles them for bits = 4 with the alphabet size, the
+# bit count and the row width as constants (dense 32-byte uint16 rows set and copied by fixed-size stores,
+# index arithmetic by shifts, the per-bit loops unrolled); ``AlphaAny`` reads them from the Sam. Both give the
+# same results (``scan_any`` picks the tag).
 cdef struct Alpha16:
-    int32_t unused
-
-
-cdef struct Alpha256:
     int32_t unused
 
 
@@ -118,7 +114,6 @@ cdef struct AlphaAny:
 
 ctypedef fused al_t:
     Alpha16
-    Alpha256
     AlphaAny
 
 
@@ -255,7 +250,7 @@ cdef inline int32_t new_state(al_t *al, Sam *S, idx_t *nx, int32_t slen, idx_t l
     cdef int32_t v = S.n_states
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
-    cdef int64_t A = 16 if al_t is Alpha16 else (256 if al_t is Alpha256 else S.A)
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     S.n_states += 1
     memset(nx + <int64_t> v * A, 0, A * sizeof(idx_t))
     I[v * INFO_W + F_LINK] = link
@@ -313,7 +308,7 @@ cdef void extend(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) 
     """Append symbol x at K-run index pos (docs/retrieval.md §3.2)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L = <idx_t *> S.lctn
-    cdef int64_t A = 16 if al_t is Alpha16 else (256 if al_t is Alpha256 else S.A)
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef idx_t NIL = <idx_t> -1
     cdef idx_t cur = <idx_t> new_state(al, S, nx, I[S.last * INFO_W + F_LEN] + 1, NIL, 0)
     cdef idx_t v = <idx_t> S.last
@@ -395,7 +390,7 @@ cdef inline int32_t step(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
     0 = none (a transition never targets the root)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
-    cdef int64_t A = 16 if al_t is Alpha16 else (256 if al_t is Alpha256 else S.A)
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef idx_t u = <idx_t> v, best, top
     if nx[x] == 0:                          # the root lies on every chain: O(1) failure
         return 0
@@ -438,8 +433,8 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
     none); otherwise returns -1 (not computed)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
-    cdef int64_t A = 16 if al_t is Alpha16 else (256 if al_t is Alpha256 else S.A)
-    cdef int32_t bits = 4 if al_t is Alpha16 else (8 if al_t is Alpha256 else S.bits)
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
+    cdef int32_t bits = 4 if al_t is Alpha16 else S.bits
     cdef int32_t ns[8]
     cdef int32_t j, x, n
     cdef int32_t pending = 0
@@ -511,8 +506,8 @@ cdef void scan_pair(al_t *al, jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, con
     flipped-bit counterfactual times of every Q-run started here at cf[(Q-run index) * bits + j]."""
     cdef int64_t i
     cdef int32_t a, x, ns, pre, j
-    cdef int32_t bits = 4 if al_t is Alpha16 else (8 if al_t is Alpha256 else S.bits)
-    cdef int64_t A = 16 if al_t is Alpha16 else (256 if al_t is Alpha256 else S.A)
+    cdef int32_t bits = 4 if al_t is Alpha16 else S.bits
+    cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef uint32_t flipset[MASK_MAX_A]
     if A <= MASK_MAX_A:
         for a in range(A):
@@ -566,11 +561,6 @@ cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, 
             scan_pair(<Alpha16 *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
         else:
             scan_pair(<Alpha16 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
-    elif S.A == 256:
-        if S.wide:
-            scan_pair(<Alpha256 *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
-        else:
-            scan_pair(<Alpha256 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
     elif S.wide:
         scan_pair(<AlphaAny *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
     else:
