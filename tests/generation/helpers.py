@@ -50,6 +50,17 @@ def activate_branches(model, seed: int) -> torch.Generator:
     return g
 
 
+def left_pad(prompts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask) [B, max length] of 1-D prompts, left-padded with id 0 as HF's generate expects."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = p
+        mask[b, width - len(p):] = 1
+    return ids, mask
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as HF's generate derives them from a left-padded mask."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

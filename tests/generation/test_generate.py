@@ -4,7 +4,7 @@ import torch
 
 from rosa_lightning.generation import RosaGenerationCache, kv_cache_nbytes
 
-from .helpers import VOCAB, full_logits, tiny_model
+from .helpers import VOCAB, full_logits, left_pad, tiny_model
 
 WINDOW = 8
 
@@ -66,12 +66,8 @@ def test_eos_stops_and_pads(model):
 
 def test_left_padded_batch_equals_single_rows(model):
     prompts = [_prompt(3, 12)[0], _prompt(4, 7)[0], _prompt(5, 1)[0]]
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((3, width), dtype=torch.long)
-    mask = torch.zeros((3, width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = p
-        mask[b, width - len(p):] = 1
+    ids, mask = left_pad(prompts)
+    width = ids.shape[1]
     out = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
     for b, p in enumerate(prompts):
         single = model.generate(p[None], max_new_tokens=12, do_sample=False)

@@ -11,7 +11,7 @@ from rosa_lightning.modeling import RosaConfig, build_rosa_model
 from rosa_lightning.modeling import generate as gen
 from rosa_lightning.modeling.generate import SpeculativeConfig, SuffixDrafter, speculative_greedy
 
-from .helpers import VOCAB, activate_branches, tiny_config, tiny_model
+from .helpers import VOCAB, activate_branches, left_pad, tiny_config, tiny_model
 
 WINDOW = 8
 
@@ -94,12 +94,7 @@ def test_greedy_identical_under_random_acceptance(model, monkeypatch):
 
 def test_left_padded_batch(model):
     prompts = [_prompt(3, 24)[0], _prompt(4, 15)[0], _prompt(5, 13)[0]]
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((3, width), dtype=torch.long)
-    mask = torch.zeros((3, width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = p
-        mask[b, width - len(p):] = 1
+    ids, mask = left_pad(prompts)
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
     want = model.generate(ids, **kw)
     got = model.generate(ids, rosa_speculative={"num_draft": 5, "min_match": 1}, **kw)
