@@ -82,7 +82,15 @@ def measure(bits: int, T: int, hidden: int, repeats: int) -> dict:
         for name in outside:  # the same calls with the scan replaced by the first writes of fresh outputs
             with scans_stubbed(touch="fresh" in name or name == "previous"):
                 outside[name] = min(outside[name], timed(paths[name])[1])
-    return {"bits": bits, "routes": R, "T": T, "wall": wall, "cpu": cpu, "outside": outside}
+    by_threads = {}
+    with scans_stubbed(touch=False):  # the pipeline's path, by kernel threads (the count pass is parallel)
+        for threads in sorted({1, max(1, os.cpu_count() or 1)}):
+            best = float("inf")
+            for _ in range(4 * repeats):
+                best = min(best, timed(lambda: match_narrow(q, k, bits, threads, alloc=reuse))[0])
+            by_threads[threads] = best
+    return {"bits": bits, "routes": R, "T": T, "wall": wall, "cpu": cpu, "outside": outside,
+            "outside_by_threads": by_threads}
 
 
 @contextlib.contextmanager
@@ -122,9 +130,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     if args.smoke:
         args.T, args.hidden, args.repeats = 512, 64, 1
-    rows = []
+    rows, thread_rows = [], []
     for bits in args.bits:
         r = measure(bits, args.T, args.hidden, args.repeats)
+        thread_rows += [[bits, r["routes"], n, t * 1e3] for n, t in r["outside_by_threads"].items()]
         for name in r["cpu"]:
             rows.append([bits, r["routes"], name, r["outside"].get(name, 0.0) * 1e3, r["cpu"][name] * 1e3,
                          r["wall"][name] * 1e3])
@@ -133,6 +142,8 @@ def main(argv=None) -> None:
           f"best of {args.repeats}\n")
     print(markdown_table(["bits", "routes", "path", "CPU ms outside the scan", "CPU ms per call", "wall ms per call"],
                          rows, 2))
+    print("\n`match_narrow` with reused buffers, wall ms outside the scan by kernel threads (best of the repeats):\n")
+    print(markdown_table(["bits", "routes", "kernel threads", "wall ms outside the scan"], thread_rows, 2))
 
 
 if __name__ == "__main__":

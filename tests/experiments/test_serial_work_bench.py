@@ -8,4 +8,6 @@ def test_smoke_prints_every_path(capsys):
     out = capsys.readouterr().out
     for path in ("kernel", "previous", "match_narrow, reused buffers", "match_narrow, fresh buffers"):
         assert f"| {path} |" in out
-    assert out.count("| 4 |") == 4 and out.count("| 8 |") == 4
+    first, by_threads = out.split("by kernel threads")
+    assert first.count("| 4 |") == 4 and first.count("| 8 |") == 4  # four paths per bit width
+    assert "| 4 | 16 | 1 |" in by_threads and "| 8 | 8 | 1 |" in by_threads
