@@ -74,3 +74,20 @@ cdef inline void journal_free(Journal *jr) noexcept nogil:
     jr.n = 0
     jr.cap = 0
     jr.oom = 0
+
+
+cdef int rollback_wanted(Journal *journals, int64_t n, int64_t k, int64_t positions, str owner) except -1:
+    """The checks a rollback of ``k`` of the ``positions`` journaled positions of ``n`` journals makes first:
+    ValueError when they were not all journaled, MemoryError when a journal overflowed (``owner`` names the state
+    in that message). Returns 0 when there is nothing to undo (k == 0), else 1."""
+    cdef int64_t i
+    if k < 0 or k > positions:
+        raise ValueError(f"cannot roll back {k} positions: only the last {positions} scanned "
+                         f"positions are journaled (scan(..., journal=True) before rollback)")
+    if k == 0:
+        return 0
+    for i in range(n):
+        if journals[i].oom:
+            raise MemoryError(f"{owner}: a journal could not grow during the scan")
+    return 1
+

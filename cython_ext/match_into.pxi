@@ -179,12 +179,12 @@ cdef void match_pairs(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, in
                 cf[pair * nq_max * bits + i] = -1
 
 
-def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits, tau, cf, int64_t nq_max,
-               bint want_tau, bint want_cf, int num_threads, int mode):
+def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits, out_t[::1] tau, out_t[::1] cf,
+               int64_t nq_max, bint want_tau, bint want_cf, int num_threads, int mode):
     """The scan of every pair of q, k ([B, R, T] uint8, contiguous per pair) into ``tau`` (flat, B * R * T) and
-    ``cf`` (flat, B * R * nq_max * bits), numpy int16 or int32 arrays of the same dtype (either unused when its
-    flag is off). Returns None, or (pair, symbol) of a pair whose keys exceed 2**bits - 1 (nothing was written for
-    that pair)."""
+    ``cf`` (flat, B * R * nq_max * bits), numpy int16 or int32 arrays of the same dtype (either unused, and then
+    of any length >= 1, when its flag is off). Returns None, or (pair, symbol) of a pair whose keys exceed
+    2**bits - 1 (nothing was written for that pair)."""
     global _cache_busy
     cdef int64_t B = q.shape[0], R = q.shape[1], T = q.shape[2]
     cdef int nthreads = max(1, num_threads)
@@ -193,18 +193,12 @@ def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits,
     cdef bint cached = False
     cdef int32_t[::1] bad
     cdef int t
-    cdef int16_t[::1] tau16, cf16
-    cdef int32_t[::1] tau32, cf32
-    cdef int16_t dummy16[1]
-    cdef int32_t dummy32[1]
-    cdef int16_t *t16
-    cdef int16_t *c16
-    cdef int32_t *t32
-    cdef int32_t *c32
     if k.shape[0] != B or k.shape[1] != R or k.shape[2] != T:
         raise ValueError("match_into: q and k must have the same shape")
     if B * R == 0 or T == 0:
         return None
+    if tau.shape[0] < (B * R * T if want_tau else 1) or cf.shape[0] < (B * R * nq_max * bits if want_cf else 1):
+        raise ValueError("match_into: output buffers too small")
     if nthreads > B * R:
         nthreads = <int> (B * R)
     bad = array_module.array("i", [-1] * (2 * nthreads))
@@ -223,24 +217,8 @@ def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits,
             raise MemoryError("rosa match_into: cannot allocate the per-thread arenas")
         ar = &own
     try:
-        if tau.dtype.itemsize == 2:
-            tau16 = tau if want_tau else None
-            cf16 = cf if want_cf else None
-            if want_tau and tau16.shape[0] < B * R * T or want_cf and cf16.shape[0] < B * R * nq_max * bits:
-                raise ValueError("match_into: output buffers too small")
-            t16 = &tau16[0] if want_tau else dummy16
-            c16 = &cf16[0] if want_cf else dummy16
-            with nogil:
-                match_pairs(q, k, bits, t16, c16, nq_max, want_tau, want_cf, ar, nthreads, mode, &bad[0])
-        else:
-            tau32 = tau if want_tau else None
-            cf32 = cf if want_cf else None
-            if want_tau and tau32.shape[0] < B * R * T or want_cf and cf32.shape[0] < B * R * nq_max * bits:
-                raise ValueError("match_into: output buffers too small")
-            t32 = &tau32[0] if want_tau else dummy32
-            c32 = &cf32[0] if want_cf else dummy32
-            with nogil:
-                match_pairs(q, k, bits, t32, c32, nq_max, want_tau, want_cf, ar, nthreads, mode, &bad[0])
+        with nogil:
+            match_pairs(q, k, bits, &tau[0], &cf[0], nq_max, want_tau, want_cf, ar, nthreads, mode, &bad[0])
     finally:
         if cached:
             _cache_busy = False

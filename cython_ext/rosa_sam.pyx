@@ -802,14 +802,8 @@ cdef class StreamState:
         cdef void *lctn
         cdef int32_t *run_start
         cdef int64_t cap, run_cap
-        if k < 0 or k > self.journal_positions:
-            raise ValueError(f"cannot roll back {k} positions: only the last {self.journal_positions} scanned "
-                             f"positions are journaled (scan(..., journal=True) before rollback)")
-        if k == 0:
+        if not rollback_wanted(self.journals, self.n_pairs, k, self.journal_positions, "RosaStream.rollback"):
             return
-        for p in range(self.n_pairs):
-            if self.journals[p].oom:
-                raise MemoryError("RosaStream.rollback: a journal could not grow during the scan")
         keep = self.journal_positions - k
         for p in range(self.n_pairs):
             S = &self.sams[p]

@@ -529,14 +529,8 @@ cdef class TokenRows:
         cdef int64_t keep
         cdef TokMark *m
         cdef TokRow *r
-        if k < 0 or k > self.journal_positions:
-            raise ValueError(f"cannot roll back {k} positions: only the last {self.journal_positions} scanned "
-                             f"positions are journaled (scan(..., journal=True) before rollback)")
-        if k == 0:
+        if not rollback_wanted(self.journals, self.n_rows, k, self.journal_positions, "token channel"):
             return
-        for b in range(self.n_rows):
-            if self.journals[b].oom:
-                raise MemoryError("token channel: a journal could not grow during the scan")
         keep = self.journal_positions - k
         for b in range(self.n_rows):
             r = &self.rows[b]
