@@ -26,6 +26,13 @@ def _take(buf: Optional[torch.Tensor], name: str, n: int, dtype: torch.dtype, sh
     return buf.reshape(-1)[:n].view(shape)
 
 
+def _check_length(T: int) -> None:
+    if T == 0:
+        raise ValueError("q and k must hold at least one position (T >= 1)")
+    if T > MAX_LENGTH:
+        raise ValueError(f"sequence length T={T} exceeds the kernel's limit {MAX_LENGTH}")
+
+
 def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: bool = True,
                layout: str = "BTR", out: Optional[RosaBuffers] = None,
                _mode: int = _native.MODE_HYBRID) -> RosaMatch:
@@ -56,10 +63,7 @@ def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: b
     threads = resolve_threads(num_threads)
     btr = layout == "BTR"
     B, R, T = (qa.shape[0], qa.shape[2], qa.shape[1]) if btr else qa.shape
-    if T == 0:
-        raise ValueError("q and k must hold at least one position (T >= 1)")
-    if T > MAX_LENGTH:
-        raise ValueError(f"sequence length T={T} exceeds the kernel's limit {MAX_LENGTH}")
+    _check_length(T)
     if out is not None and not isinstance(out, RosaBuffers):
         raise TypeError(f"out must be a RosaBuffers, got {type(out).__name__}")
 
@@ -117,10 +121,7 @@ def match_narrow(q: torch.Tensor, k: torch.Tensor, bits: int, num_threads: Optio
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     B, R, T = q.shape
-    if T == 0:
-        raise ValueError("q and k must hold at least one position (T >= 1)")
-    if T > MAX_LENGTH:
-        raise ValueError(f"sequence length T={T} exceeds the kernel's limit {MAX_LENGTH}")
+    _check_length(T)
     dtype = index_dtype(T) if dtype is None else dtype
     if dtype not in (torch.int16, torch.int32) or (dtype == torch.int16 and T > 32768):
         raise ValueError(f"dtype must be torch.int16 (T <= 32768) or torch.int32, got {dtype} at T={T}")

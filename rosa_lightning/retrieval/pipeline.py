@@ -348,9 +348,7 @@ class RetrievalPipeline:
     def _alloc(slot: _LayerSlot):
         """Result buffers of ``match_narrow``: on CUDA the layer's reused pinned buffers (the H2D copy follows), on
         the CPU fresh tensors (autograd keeps them)."""
-        if slot.cuda:
-            return lambda name, shape, dtype: slot.host(name, shape, dtype)
-        return None
+        return slot.host if slot.cuda else None
 
     @staticmethod
     def _narrow(slot: _LayerSlot, name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
