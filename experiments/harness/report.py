@@ -25,14 +25,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
     return "\n".join(lines) + "\n"
 
 
+def perplexity(losses: Sequence[float]) -> float:
+    """exp of the mean of the finite losses (NaN when none is finite)."""
+    vals = [x for x in losses if math.isfinite(x)]
+    return math.exp(sum(vals) / len(vals)) if vals else math.nan
+
+
 def binned_perplexity(losses: Sequence[float], width: int) -> tuple[list[int], list[float]]:
-    """Per-position losses -> (bin centres, perplexity of each bin's mean finite loss), ``width`` positions a bin."""
+    """Per-position losses -> (bin centres, perplexity of each bin's mean finite loss), ``width`` positions a bin;
+    bins with no finite loss are left out."""
     xs, ys = [], []
     for lo in range(0, len(losses), width):
-        part = [x for x in losses[lo:lo + width] if math.isfinite(x)]
-        if part:
+        value = perplexity(losses[lo:lo + width])
+        if math.isfinite(value):
             xs.append(lo + width // 2)
-            ys.append(math.exp(sum(part) / len(part)))
+            ys.append(value)
     return xs, ys
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 import hydra
@@ -31,7 +30,7 @@ import torch
 
 from experiments.harness import runs
 from experiments.harness.evaluate import loss_by_position
-from experiments.harness.report import line_panels, markdown_table, write_json
+from experiments.harness.report import line_panels, markdown_table, perplexity, write_json
 from experiments.harness.runs import Job, run_pool, stopwatch
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
@@ -86,16 +85,11 @@ def run_arm(name: str, experiment: str, overrides: list[str], out_dir: str, task
     if task == "stdlib":
         docs = hydra.utils.instantiate(cfg.data.source).corpus.documents("val")
         loss, n = loss_by_position(module, TokenChunkDataset(docs, seq_len), batch_size=8, max_batches=eval_batches)
-        finite = [x for x in loss.tolist() if math.isfinite(x)]
-        inside, beyond = loss[:window].tolist(), loss[window:].tolist()
-        result.update(rows=n, ppl_all=_ppl(finite), ppl_within=_ppl(inside), ppl_beyond=_ppl(beyond))
+        losses = loss.tolist()
+        result.update(rows=n, ppl_all=perplexity(losses), ppl_within=perplexity(losses[:window]),
+                      ppl_beyond=perplexity(losses[window:]))
     cached.write_text(json.dumps(result))
     return result
-
-
-def _ppl(losses: list[float]) -> float:
-    vals = [x for x in losses if math.isfinite(x)]
-    return math.exp(sum(vals) / len(vals)) if vals else math.nan
 
 
 def build_jobs(s: dict, seeds: int, logs: Path) -> dict[str, Job]:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from experiments.harness import runs
 from experiments.harness.evaluate import loss_by_position
-from experiments.harness.report import binned_perplexity, line_panels, markdown_table, write_json
+from experiments.harness.report import binned_perplexity, line_panels, markdown_table, perplexity, write_json
 from experiments.harness.runs import check_choices, compose_config, stopwatch
 from experiments.retrofit_recovery.export_backbone import export_backbone
 from rosa_lightning.data.long_range_mix import pack_rows
@@ -253,11 +253,6 @@ class RepeatRows(Dataset):
         return {"input_ids": row, "labels": labels, "answer_mask": labels != -100}
 
 
-def ppl(losses: list[float]) -> float:
-    vals = [x for x in losses if math.isfinite(x)]
-    return math.exp(sum(vals) / len(vals)) if vals else math.nan
-
-
 def summarize(results: dict, s: dict) -> dict:
     """Per arm: task scores, perplexity inside / beyond the window, and the share of the global-minus-window gap
     recovered on each task ((arm - window) / (global - window); for perplexity on the log scale)."""
@@ -265,9 +260,9 @@ def summarize(results: dict, s: dict) -> dict:
     table = {}
     for arm, r in results.items():
         row = dict(r["scores"])
-        row["ppl_within_window"] = ppl(r["loss_by_position"][:W])
-        row["ppl_beyond_window"] = ppl(r["loss_by_position"][W:])
-        row["ppl_repeat"] = ppl(r["repeat_loss"])
+        row["ppl_within_window"] = perplexity(r["loss_by_position"][:W])
+        row["ppl_beyond_window"] = perplexity(r["loss_by_position"][W:])
+        row["ppl_repeat"] = perplexity(r["repeat_loss"])
         table[arm] = row
     recovered = {}
     if {"global", "window"} <= set(table):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 import hydra
@@ -23,7 +22,7 @@ import torch
 from experiments.harness import runs
 from experiments.harness.diagnostics import grad_norms_on_batch, retrieval_diagnostics
 from experiments.harness.evaluate import batches, loss_by_position
-from experiments.harness.report import binned_perplexity, line_panels, markdown_table, write_csv, write_json
+from experiments.harness.report import binned_perplexity, line_panels, markdown_table, perplexity, write_csv, write_json
 from experiments.harness.runs import Job, check_choices, run_pool, stopwatch
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
@@ -106,11 +105,6 @@ def build_jobs(arms: list[str], s: dict, logs: Path) -> dict:
     return jobs
 
 
-def ppl(losses: list[float]) -> float:
-    vals = [x for x in losses if math.isfinite(x)]
-    return math.exp(sum(vals) / len(vals)) if vals else math.nan
-
-
 def summarize(results: dict, s: dict) -> dict:
     """Perplexities per arm: overall, inside / beyond the window, by position bucket, and at 2L."""
     L, W = s["seq_len"], s["window"]
@@ -119,9 +113,9 @@ def summarize(results: dict, s: dict) -> dict:
     for arm, r in results.items():
         l1, l2 = r["loss_by_position_1L"], r["loss_by_position_2L"]
         out[arm] = {
-            "overall_L": ppl(l1), "within_window": ppl(l1[:W]), "beyond_window": ppl(l1[W:]),
-            "buckets": {f"{lo}-{hi}": ppl(l1[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])},
-            "overall_2L": ppl(l2), "beyond_L_at_2L": ppl(l2[L - 1:]),
+            "overall_L": perplexity(l1), "within_window": perplexity(l1[:W]), "beyond_window": perplexity(l1[W:]),
+            "buckets": {f"{lo}-{hi}": perplexity(l1[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])},
+            "overall_2L": perplexity(l2), "beyond_L_at_2L": perplexity(l2[L - 1:]),
             "rows_L": r["rows_1L"], "rows_2L": r["rows_2L"],
         }
     return out
