@@ -24,7 +24,7 @@ cdef struct Arenas:
     int n
     int bits
     int64_t T            # positions each arena holds
-    int mode_flags       # MODE_WIDE and whether LCT records were allocated up front
+    int mode_flags       # arena_flags: MODE_WIDE, LCT records up front, sparse layout
     Sam *sams
     int32_t *tau_scratch # [n * T]
     int32_t *cf_scratch  # [n * T * bits]
@@ -55,9 +55,7 @@ cdef int arenas_alloc(Arenas *a, int n, int bits, int64_t T, int mode) noexcept 
     a.n = n
     a.bits = bits
     a.T = T
-    a.mode_flags = mode & MODE_WIDE
-    if (mode & MODE_PATH_MASK) != MODE_NAIVE:
-        a.mode_flags |= 8
+    a.mode_flags = arena_flags(bits, T, mode)
     a.sams = <Sam *> calloc(n, sizeof(Sam))
     a.tau_scratch = <int32_t *> malloc(n * T * sizeof(int32_t))
     a.cf_scratch = <int32_t *> malloc(n * T * bits * sizeof(int32_t))
@@ -66,7 +64,7 @@ cdef int arenas_alloc(Arenas *a, int n, int bits, int64_t T, int mode) noexcept 
     else:
         for i in range(n):
             if sam_alloc(&a.sams[i], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
-                         (mode & MODE_PATH_MASK) != MODE_NAIVE) != 0:
+                         (mode & MODE_PATH_MASK) != MODE_NAIVE, want_sparse(bits, 2 * T + 2, mode)) != 0:
                 failed = 1
     if failed:
         arenas_free(a)
@@ -74,11 +72,20 @@ cdef int arenas_alloc(Arenas *a, int n, int bits, int64_t T, int mode) noexcept 
     return 0
 
 
-cdef bint arenas_fit(Arenas *a, int n, int bits, int64_t T, int mode) noexcept nogil:
+cdef inline int arena_flags(int bits, int64_t T, int mode) noexcept nogil:
+    """What an arena was allocated for besides its size: MODE_WIDE, LCT records up front (1) and the sparse
+    layout (2)."""
     cdef int flags = mode & MODE_WIDE
     if (mode & MODE_PATH_MASK) != MODE_NAIVE:
-        flags |= 8
-    return a.sams != NULL and a.n >= n and a.bits == bits and a.T >= T and a.mode_flags == flags
+        flags |= 1
+    if want_sparse(bits, 2 * T + 2, mode):
+        flags |= 2
+    return flags
+
+
+cdef bint arenas_fit(Arenas *a, int n, int bits, int64_t T, int mode) noexcept nogil:
+    return (a.sams != NULL and a.n >= n and a.bits == bits and a.T >= T
+            and a.mode_flags == arena_flags(bits, T, mode))
 
 
 def release_arenas():
@@ -92,12 +99,9 @@ def release_arenas():
 
 def arena_bytes():
     """Bytes held by the cached arenas (0 when none)."""
-    cdef int64_t z, per
     if _cache.sams == NULL:
         return 0
-    z = sizeof(int32_t) if _cache.sams[0].wide else sizeof(uint16_t)
-    per = _cache.sams[0].cap * ((1 << _cache.bits) + INFO_W + LCT_W) * z + _cache.sams[0].run_cap * 4
-    return int(_cache.n * (per + _cache.T * (1 + _cache.bits) * 4))
+    return int(_cache.n * (sam_bytes(&_cache.sams[0]) + _cache.T * (1 + _cache.bits) * 4))
 
 
 cdef inline int32_t row_runs(const uint8_t *row, int64_t T, uint8_t *top) noexcept nogil:

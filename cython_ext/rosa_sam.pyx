@@ -31,7 +31,7 @@ forces either path, and the MODE_WIDE flag forces int32 ids (used by tests).
 Only ``rosa_lightning.retrieval._native`` imports this module.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -62,6 +62,11 @@ cpdef enum PathMode:
     MODE_LCT = 2
     # Flag: use int32 state ids even where uint16 ones fit (tests force the wide layout with it).
     MODE_WIDE = 4
+    # Flags of the batch kernel's transition layout (``match``, ``match_into``; a stream is always dense): dense
+    # rows at every bit width, or the sparse layout (sparse.pxi) at every width above 4. Without either the
+    # layout follows the bit width (sparse from SPARSE_MIN_BITS on).
+    MODE_DENSE = 8
+    MODE_SPARSE = 16
 
 cdef enum:
     MODE_PATH_MASK = 3
@@ -112,9 +117,16 @@ cdef struct AlphaAny:
     int32_t unused
 
 
+# The sparse transition layout (sparse.pxi, bits > 4, batch kernel only): the root's dense row plus a presence
+# bitmap per state and a hash table of the other transitions.
+cdef struct AlphaSparse:
+    int32_t unused
+
+
 ctypedef fused al_t:
     Alpha16
     AlphaAny
+    AlphaSparse
 
 
 cdef struct Sam:
@@ -125,7 +137,7 @@ cdef struct Sam:
     int64_t run_cap      # K-run capacity
     int32_t n_states
     int32_t last
-    void *nxt            # idx_t [cap * A] dense transitions, 0 = none
+    void *nxt            # idx_t [cap * A] dense transitions, 0 = none; sparse: [A], the root's row only
     void *info           # idx_t [cap * INFO_W]: link, len, e + 1 of each state in one record
     void *lctn           # idx_t [cap * LCT_W]: LCT node records (fa, ch0, ch1, tag)
     int32_t *run_start   # [run_cap] start time of each K-run
@@ -140,6 +152,13 @@ cdef struct Sam:
     int64_t length       # positions consumed (absolute time of the next position)
     int64_t skip         # positions with time < skip are padding
     int64_t work         # naive chain steps so far
+    int32_t sparse       # 1: the sparse layout (sparse.pxi): nxt is the root's row, bm and ht hold the rest
+    uint32_t ht_mask     # hash table slots - 1 (a power of two minus one)
+    uint32_t ht_epoch    # the epoch in the top key byte (0 with wide ids)
+    uint32_t ht_emask    # 0xFF000000 when keys carry an epoch, else 0
+    int32_t ht_shift     # 32 - log2(slots): the multiplicative hash keeps the top bits
+    uint64_t *bm         # sparse: [cap * BM_W] presence bitmap of each state's transitions
+    uint32_t *ht         # sparse: [2 * slots] (key, target) pairs, key = state << 8 | symbol, 0 = empty slot
     # Keeps the scalars above (written every position) off the cache lines of the neighbouring
     # Sam in an array: per-thread arenas and stream pairs are adjacent (no false sharing).
     char _pad[128]
@@ -149,9 +168,11 @@ cdef inline size_t id_size(Sam *S) noexcept nogil:
     return sizeof(int32_t) if S.wide else sizeof(uint16_t)
 
 
-cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int with_lct) noexcept nogil:
-    """Allocate arrays (the LCT records only if with_lct; otherwise on the switch to the LCT);
-    returns 0 on success, -1 when out of memory."""
+cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int with_lct,
+                   int sparse) noexcept nogil:
+    """Allocate arrays (the LCT records only if with_lct; otherwise on the switch to the LCT); ``sparse``
+    selects the sparse transition layout (for a batch arena of fixed capacity: it cannot grow, see
+    sparse.pxi). Returns 0 on success, -1 when out of memory."""
     cdef size_t z
     S.bits = bits
     S.A = 1 << bits
@@ -159,7 +180,15 @@ cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int
     z = id_size(S)
     S.cap = cap
     S.run_cap = run_cap
-    S.nxt = malloc(cap * S.A * z)
+    S.sparse = 0
+    S.bm = NULL
+    S.ht = NULL
+    if sparse:
+        if sparse_alloc(S) != 0:
+            return -1
+        S.nxt = malloc(S.A * z)
+    else:
+        S.nxt = malloc(cap * S.A * z)
     S.info = malloc(cap * INFO_W * z)
     S.lctn = malloc(cap * LCT_W * z) if with_lct else NULL
     S.run_start = <int32_t *> malloc(run_cap * sizeof(int32_t))
@@ -168,9 +197,20 @@ cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int
     return 0
 
 
+cdef int64_t sam_bytes(Sam *S) noexcept nogil:
+    """Bytes allocated for S's arrays (capacity, not use)."""
+    cdef int64_t z = id_size(S)
+    cdef int64_t n = (S.A if S.sparse else S.cap * S.A) * z + S.cap * INFO_W * z + S.run_cap * sizeof(int32_t)
+    if S.lctn != NULL:
+        n += S.cap * LCT_W * z
+    if S.sparse:
+        n += S.cap * BM_W * sizeof(uint64_t) + 2 * (<int64_t> S.ht_mask + 1) * sizeof(uint32_t)
+    return n
+
+
 cdef void sam_free(Sam *S) noexcept nogil:
-    free(S.nxt); free(S.info); free(S.lctn); free(S.run_start)
-    S.nxt = NULL; S.info = NULL; S.lctn = NULL; S.run_start = NULL
+    free(S.nxt); free(S.info); free(S.lctn); free(S.run_start); free(S.bm); free(S.ht)
+    S.nxt = NULL; S.info = NULL; S.lctn = NULL; S.run_start = NULL; S.bm = NULL; S.ht = NULL
 
 
 cdef int sam_widen(Sam *S) noexcept nogil:
@@ -214,6 +254,8 @@ cdef int sam_reserve(Sam *S, int64_t more_positions) noexcept nogil:
     cdef int64_t c
     cdef size_t z
     cdef void *p
+    if S.sparse:
+        return 0 if (need <= S.cap and need_runs <= S.run_cap) else -1   # fixed capacity (sparse.pxi)
     if not S.wide and need > NARROW_MAX_STATES:
         if sam_widen(S) != 0:
             return -1
@@ -252,7 +294,10 @@ cdef inline int32_t new_state(al_t *al, Sam *S, idx_t *nx, int32_t slen, idx_t l
     cdef idx_t *L
     cdef int64_t A = 16 if al_t is Alpha16 else S.A
     S.n_states += 1
-    memset(nx + <int64_t> v * A, 0, A * sizeof(idx_t))
+    if al_t is AlphaSparse:
+        sparse_new_state(S, v)
+    else:
+        memset(nx + <int64_t> v * A, 0, A * sizeof(idx_t))
     I[v * INFO_W + F_LINK] = link
     I[v * INFO_W + F_LEN] = <idx_t> slen
     I[v * INFO_W + F_N] = n
@@ -281,6 +326,13 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     S.length = 0
     S.skip = skip
     S.work = 0
+    if S.sparse:
+        sparse_reset(S)
+
+
+# The sparse layout's table and the layout accessors of the automaton code (tr_get, tr_exists, has_trans, tr_add,
+# tr_redirect, tr_copy).
+include "sparse.pxi"
 
 
 # ---------------------------------------------------------------- link-cut tree (lct.pxi) on the automaton
@@ -314,15 +366,13 @@ cdef void extend(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) 
     cdef idx_t v = <idx_t> S.last
     cdef idx_t w, clone
     cdef int64_t steps
-    while v != NIL and nx[v * A + x] == 0:
-        jput(jr, &nx[v * A + x], cur)
-        if A <= MASK_MAX_A:
-            jput(jr, &I[v * INFO_W + F_MASK], <idx_t> (I[v * INFO_W + F_MASK] | <idx_t> (1 << x)))
+    while v != NIL and not tr_exists(al, S, nx, v, x):
+        tr_add(al, jr, S, nx, I, v, x, cur)
         v = I[v * INFO_W + F_LINK]
     if v == NIL:
         jput(jr, &I[cur * INFO_W + F_LINK], 0)
     else:
-        w = nx[v * A + x]
+        w = <idx_t> tr_get_present(al, S, nx, v, x)
         if I[v * INFO_W + F_LEN] + 1 == I[w * INFO_W + F_LEN]:
             jput(jr, &I[cur * INFO_W + F_LINK], w)
         else:
@@ -330,10 +380,9 @@ cdef void extend(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) 
                 lct_cut(jr, L, I, w)  # also makes e[w] exact
             clone = <idx_t> new_state(al, S, nx, I[v * INFO_W + F_LEN] + 1, I[w * INFO_W + F_LINK],
                                       I[w * INFO_W + F_N])
-            memcpy(nx + clone * A, nx + w * A, A * sizeof(idx_t))
-            I[clone * INFO_W + F_MASK] = I[w * INFO_W + F_MASK]
-            while v != NIL and nx[v * A + x] == w:
-                jput(jr, &nx[v * A + x], clone)
+            tr_copy(al, S, nx, I, clone, w)
+            while v != NIL and tr_get(al, S, nx, v, x) == w:
+                tr_redirect(al, jr, S, nx, v, x, clone)
                 v = I[v * INFO_W + F_LINK]
             jput(jr, &I[w * INFO_W + F_LINK], clone)
             jput(jr, &I[cur * INFO_W + F_LINK], clone)
@@ -356,14 +405,8 @@ cdef void extend(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t x, int32_t pos) 
         S.work += steps
 
 
-cdef inline bint has_trans(idx_t *nx, idx_t *I, int64_t A, idx_t y, int32_t x) noexcept nogil:
-    if A <= MASK_MAX_A:
-        return (I[y * INFO_W + F_MASK] >> x) & 1
-    return nx[y * A + x] != 0
-
-
-cdef inline idx_t lct_deepest_with(jr_t *jr, idx_t *L, idx_t *I, idx_t *nx, int64_t A, idx_t *top,
-                                   int32_t x) noexcept nogil:
+cdef inline idx_t lct_deepest_with(al_t *al, jr_t *jr, Sam *S, idx_t *L, idx_t *I, idx_t *nx, int64_t A,
+                                   idx_t *top, int32_t x) noexcept nogil:
     """In the splay tree of an accessed root path (rooted at top[0]), the deepest node having an
     x-transition (the root always has one here). A descent deeper than READ_SPLAY_DEPTH splays
     the deepest node visited to pay for itself, and top[0] becomes the new splay root; shallower
@@ -374,7 +417,7 @@ cdef inline idx_t lct_deepest_with(jr_t *jr, idx_t *L, idx_t *I, idx_t *nx, int6
     while y != <idx_t> -1:
         deepest = y
         d += 1
-        if has_trans(nx, I, A, y, x):
+        if has_trans(al, S, nx, I, A, y, x):
             best = y
             y = L[y * LCT_W + L_CH + 1]
         else:
@@ -392,21 +435,23 @@ cdef inline int32_t step(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
     cdef idx_t *L
     cdef int64_t A = 16 if al_t is Alpha16 else S.A
     cdef idx_t u = <idx_t> v, best, top
+    cdef int32_t t
     if nx[x] == 0:                          # the root lies on every chain: O(1) failure
         return 0
-    if likely(nx[u * A + x] != 0):
-        return nx[u * A + x]
+    t = tr_get(al, S, nx, u, x)
+    if likely(t != 0):
+        return t
     if not S.lct:
         u = I[u * INFO_W + F_LINK]
-        while not has_trans(nx, I, A, u, x):
+        while not has_trans(al, S, nx, I, A, u, x):
             u = I[u * INFO_W + F_LINK]
             S.work += 1
-        return nx[u * A + x]
+        return tr_get_present(al, S, nx, u, x)
     L = <idx_t *> S.lctn
     lct_access(jr, L, I, u)
     top = u
-    best = lct_deepest_with(jr, L, I, nx, A, &top, x)
-    return nx[best * A + x]
+    best = lct_deepest_with(al, jr, S, L, I, nx, A, &top, x)
+    return tr_get_present(al, S, nx, best, x)
 
 
 cdef inline int32_t dest_time(jr_t *jr, Sam *S, idx_t *nx, int32_t ns) noexcept nogil:
@@ -429,8 +474,8 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
     """out[j] = dest_time(step(v, a ^ (1 << j))) for every bit j: the flipped counterfactuals.
 
     Naive mode walks v's suffix-link chain once for all bits. With presence masks (bits <= 4,
-    ``flips`` = the set of flipped symbols) the same walk also resolves step(v, a), returned (0 =
-    none); otherwise returns -1 (not computed)."""
+    ``flips`` = the set of flipped symbols) or the sparse layout the same walk also resolves step(v, a),
+    returned (0 = none); otherwise returns -1 (not computed)."""
     cdef idx_t *I = <idx_t *> S.info
     cdef idx_t *L
     cdef int64_t A = 16 if al_t is Alpha16 else S.A
@@ -438,10 +483,12 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
     cdef int32_t ns[8]
     cdef int32_t j, x, n
     cdef int32_t pending = 0
-    cdef const idx_t *row = nx + <int64_t> v * A
+    cdef const idx_t *row = NULL if al_t is AlphaSparse else nx + <int64_t> v * A
     cdef idx_t u, top, best
     cdef uint32_t pend, hit
     cdef int32_t nsx[MASK_MAX_A]
+    if al_t is AlphaSparse:
+        return probe_sparse(jr, S, nx, v, a, out)
     if A <= MASK_MAX_A and not S.lct:
         # Naive path on presence masks: symbol sets instead of per-bit loops, one 8-byte record
         # per chain state; a flipped symbol is found somewhere on the chain iff the root has it.
@@ -471,7 +518,10 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
         return nsx[a] if (flips >> a) & 1 else 0
     for j in range(bits):
         x = a ^ (1 << j)
-        ns[j] = row[x]
+        if al_t is AlphaSparse:
+            ns[j] = tr_get(al, S, nx, v, x)  # a bit test answers most misses
+        else:
+            ns[j] = row[x]
         if ns[j] == 0 and nx[x] != 0:       # not at v, but the root has it: look up the chain
             pending |= 1 << j
     if pending:
@@ -483,18 +533,24 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
             for j in range(bits):
                 if (pending >> j) & 1:
                     x = a ^ (1 << j)
-                    best = lct_deepest_with(jr, L, I, nx, A, &top, x)
-                    ns[j] = nx[best * A + x]
+                    best = lct_deepest_with(al, jr, S, L, I, nx, A, &top, x)
+                    ns[j] = tr_get_present(al, S, nx, best, x)
         else:
             u = <idx_t> v
             while pending:
                 u = I[u * INFO_W + F_LINK]
                 S.work += 1
-                row = nx + u * A
-                for j in range(bits):
-                    if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
-                        ns[j] = row[a ^ (1 << j)]
-                        pending &= ~(1 << j)
+                if al_t is AlphaSparse:
+                    for j in range(bits):
+                        if (pending >> j) & 1 and bm_has(S, u, a ^ (1 << j)):
+                            ns[j] = tr_get_present(al, S, nx, u, a ^ (1 << j))
+                            pending &= ~(1 << j)
+                else:
+                    row = nx + u * A
+                    for j in range(bits):
+                        if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
+                            ns[j] = row[a ^ (1 << j)]
+                            pending &= ~(1 << j)
     for j in range(bits):
         out[j] = dest_time(jr, S, nx, ns[j])
     return -1
@@ -556,7 +612,12 @@ cdef void scan_pair(al_t *al, jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, con
 
 cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                           int32_t *tau, int32_t *cf) noexcept nogil:
-    if S.A == 16:
+    if S.sparse:
+        if S.wide:
+            scan_pair(<AlphaSparse *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
+        else:
+            scan_pair(<AlphaSparse *> NULL, jr, S, <uint16_t *> S.nxt, q, k, n, tau, cf)
+    elif S.A == 16:
         if S.wide:
             scan_pair(<Alpha16 *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)
         else:
@@ -629,7 +690,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
         raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
     for tid in range(nthreads):
         if sam_alloc(&arenas[tid], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
-                     (mode & MODE_PATH_MASK) != MODE_NAIVE) != 0:
+                     (mode & MODE_PATH_MASK) != MODE_NAIVE, want_sparse(bits, 2 * T + 2, mode)) != 0:
             failed = 1
     if failed:
         for tid in range(nthreads):
@@ -699,7 +760,7 @@ cdef class StreamState:
             raise MemoryError("RosaStream: cannot allocate the stream states")
         for p in range(n_pairs):
             if sam_alloc(&self.sams[p], bits, 16, 8, mode & MODE_WIDE,
-                         (mode & MODE_PATH_MASK) == MODE_LCT) != 0:
+                         (mode & MODE_PATH_MASK) == MODE_LCT, 0) != 0:   # streams: dense rows
                 raise MemoryError("RosaStream: cannot allocate the stream states")
             sam_reset(&self.sams[p], mode, 0)
 

@@ -2,12 +2,16 @@
 from . import _sam
 
 # Private path switches of the kernel, defined once in its ``PathMode`` enum (tests force each path; the default
-# is the hybrid). MODE_WIDE is a flag or-ed into a mode: int32 state ids even where uint16 ones fit.
+# is the hybrid). MODE_WIDE is a flag or-ed into a mode: int32 state ids even where uint16 ones fit. MODE_DENSE and
+# MODE_SPARSE are flags of the batch kernel's transition layout: dense rows at every bit width, or the sparse layout
+# at every width above 4 (without either the width decides; a stream always uses dense rows).
 PathMode = _sam.PathMode
 MODE_HYBRID = PathMode.MODE_HYBRID
 MODE_NAIVE = PathMode.MODE_NAIVE
 MODE_LCT = PathMode.MODE_LCT
 MODE_WIDE = PathMode.MODE_WIDE
+MODE_DENSE = PathMode.MODE_DENSE
+MODE_SPARSE = PathMode.MODE_SPARSE
 
 gather_queries = _sam.gather_queries
 match = _sam.match
