@@ -39,7 +39,7 @@ from experiments.harness.evaluate import loss_by_position
 from experiments.harness.report import binned_perplexity, line_panels, markdown_table, perplexity, write_json
 from experiments.harness.runs import check_choices, compose_config, stopwatch
 from experiments.retrofit_recovery.export_backbone import export_backbone
-from rosa_lightning.data.long_range_mix import pack_rows
+from rosa_lightning.data.long_range_mix import DIGEST_FORMATS, pack_rows
 from rosa_lightning.data.stdlib_corpus import TokenChunkDataset
 
 HERE = Path(__file__).resolve().parent
@@ -208,9 +208,11 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=min(4, s["ppl_rows"]),
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
-    repeat, _ = loss_by_position(module, RepeatRows(hydra.utils.instantiate(cfg.data.source), s["repeat_rows"],
-                                                    s["seq_len"]), batch_size=min(4, s["repeat_rows"]))
-    result["repeat_loss"] = repeat.tolist()
+    source = hydra.utils.instantiate(cfg.data.source)
+    for kind in ("repeat", "digest"):
+        loss, _ = loss_by_position(module, RepeatRows(source, s["repeat_rows"], s["seq_len"], kind=kind),
+                                   batch_size=min(4, s["repeat_rows"]))
+        result[f"{kind}_loss"] = loss.tolist()
     result["eval_s"] = clock()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
@@ -218,11 +220,13 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
 
 
 class RepeatRows(Dataset):
-    """Held-out rows ``[tail of a code row] EOT block other block EOT`` (the long-range mix's ``repeat`` task on the
-    test split, block a quarter and other code half of the task) in which only the second copy of the block is
-    scored (labels -100 elsewhere): the tokens that the context beyond the window predicts and a window does not."""
+    """Held-out rows ``[tail of a code row] EOT task EOT`` of a long-range mix task that holds one block twice, on
+    the test split, in which only the second copy of the block is scored (labels -100 elsewhere, and on its first
+    token): the tokens that the context beyond the window predicts and a window does not. ``kind``: ``repeat`` (a
+    block of code, other code, the block again) or ``digest`` (a block of random digests, other code, the block
+    again, under another header)."""
 
-    def __init__(self, source, n: int, seq_len: int, seed: int = 4242) -> None:
+    def __init__(self, source, n: int, seq_len: int, seed: int = 4242, kind: str = "repeat") -> None:
         writer, backend = source.writer("test"), source.tokenizer.backend_tokenizer
         eot = source.corpus.eot_id
         code = pack_rows(source.corpus.documents("test"), seq_len)
@@ -231,16 +235,18 @@ class RepeatRows(Dataset):
         for _ in range(50 * n):
             if len(self.rows) == n:
                 break
-            text = writer.write("repeat", int(rng.integers(seq_len // 2, seq_len)), rng)
-            block = next((k for k in range(len(text) // 2, 0, -1) if text[:k] == text[-k:]), 0)
-            ids = [eot, *backend.encode(text, add_special_tokens=False).ids, eot]
-            scored = len(backend.encode(text[-block:], add_special_tokens=False).ids) - 1 if block else 0
-            if len(ids) > seq_len or scored < 1:
+            text = writer.write(kind, int(rng.integers(seq_len // 2, seq_len)), rng)
+            start, end = second_copy(text, kind)
+            enc = backend.encode(text, add_special_tokens=False)
+            inside = [i for i, (a, b) in enumerate(enc.offsets) if a >= start and b <= end][1:]
+            ids = [eot, *enc.ids, eot]
+            if len(ids) > seq_len or not inside:
                 continue
             filler = code[int(rng.integers(len(code)))][: seq_len - len(ids)]
             row = torch.from_numpy(np.concatenate([filler, np.asarray(ids, dtype=np.int32)]).astype(np.int64))
             labels = torch.full_like(row, -100)
-            labels[seq_len - 1 - scored: seq_len - 1] = row[seq_len - 1 - scored: seq_len - 1]
+            at = len(filler) + 1  # row position of the task's first token
+            labels[at + inside[0]: at + inside[-1] + 1] = row[at + inside[0]: at + inside[-1] + 1]
             self.rows.append((row, labels))
         if len(self.rows) < n:
             raise RuntimeError(f"RepeatRows: built {len(self.rows)} of {n} rows of {seq_len} tokens")
@@ -253,6 +259,17 @@ class RepeatRows(Dataset):
         return {"input_ids": row, "labels": labels, "answer_mask": labels != -100}
 
 
+def second_copy(text: str, kind: str) -> tuple[int, int]:
+    """Character span [start, end) of the second copy of the block in a ``repeat`` or ``digest`` task's text."""
+    if kind == "repeat":
+        block = next((k for k in range(len(text) // 2, 0, -1) if text[:k] == text[-k:]), 0)
+        return len(text) - block, len(text)
+    for head, tail, _ in DIGEST_FORMATS:
+        if text.startswith(head[0]):
+            return text.rindex(head[1]) + len(head[1]), len(text) - len(tail[1])
+    raise ValueError(f"second_copy: the text is not a {kind} task")
+
+
 def summarize(results: dict, s: dict) -> dict:
     """Per arm: task scores, perplexity inside / beyond the window, and the share of the global-minus-window gap
     recovered on each task ((arm - window) / (global - window); for perplexity on the log scale)."""
@@ -263,6 +280,7 @@ def summarize(results: dict, s: dict) -> dict:
         row["ppl_within_window"] = perplexity(r["loss_by_position"][:W])
         row["ppl_beyond_window"] = perplexity(r["loss_by_position"][W:])
         row["ppl_repeat"] = perplexity(r["repeat_loss"])
+        row["ppl_digest"] = perplexity(r["digest_loss"])
         table[arm] = row
     recovered = {}
     if {"global", "window"} <= set(table):
@@ -285,9 +303,9 @@ def summarize(results: dict, s: dict) -> dict:
 def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     W, L = s["window"], s["seq_len"]
-    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window", "ppl_repeat"]
+    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window", "ppl_repeat", "ppl_digest"]
     names = {"lcc": "lcc", "repobench-p": "repobench-p", "ppl_beyond_window": f"ppl t ≥ {W}",
-             "ppl_repeat": "ppl repeated block",
+             "ppl_repeat": "ppl repeated block", "ppl_digest": "ppl repeated digests",
              **{f"niah_{n}": f"NIAH {n}" for n in s["niah"]}}
     arms = [a for a in TABLE_ARMS if a in results]
     rows = [[LABELS[a], *[summary["table"][a].get(k) for k in keys], results[a]["train_s"] / 60] for a in arms]

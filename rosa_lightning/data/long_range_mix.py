@@ -9,6 +9,10 @@ back, written as plain text a user would recognise:
 - ``kv``: a Python dict literal of random string keys and values, then ``assert table["k"] == "v"`` lines
   that look some of them up;
 - ``repeat``: a block of code, other code, and the same block again;
+- ``digest``: a block of random hex digests or numbers in a code format (a pinned requirements file with sha256
+  hashes, a dict of checksums, a list of seeds), other code, and the same block again. Its content cannot be
+  predicted from local context, only copied from the first block (the copy distance is about a third of the
+  task's budget to nearly all of it);
 - ``lcc``: LongBench's lcc prompt around a file prefix, then the file's next non-blank line and EOT;
 - ``repobench``: LongBench's repobench-p prompt: other files under ``# path:`` headers, the file's prefix, then
   the next line, chosen to mention a name that only the other files define, and EOT.
@@ -31,7 +35,7 @@ from torch.utils.data import Dataset
 
 from rosa_lightning.data.stdlib_corpus import EOT
 
-KINDS = ("niah", "kv", "repeat", "lcc", "repobench")
+KINDS = ("niah", "kv", "repeat", "digest", "lcc", "repobench")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_HEAD = ("A special magic number is hidden within the following text. Make sure to memorize it. "
              "I will quiz you about the number afterwards.\n")
@@ -131,6 +135,30 @@ class TaskWriter:
         other = "".join(self._lines_within(self.texts[int(rng.integers(len(self.texts)))], budget // 2, rng))
         return block + other + block
 
+    def _digest(self, budget: int, rng: np.random.Generator) -> str:
+        """``first + other + second``: a block of random digests of ``b`` tokens (24 to a third of the budget),
+        about ``budget - 2 b`` tokens of other code, the same block again, so the copy distance (b plus the other
+        code) ranges from about a third of the budget to nearly all of it."""
+        b = int(rng.integers(24, max(25, budget // 3 + 1)))
+        head, tail, line = DIGEST_FORMATS[int(rng.integers(len(DIGEST_FORMATS)))]
+        lines, used = [], 0
+        while used < b:
+            lines.append(line(self, rng))
+            used += self.count(lines[-1])
+        body = "".join(lines)
+        other = "".join(self._lines_within(self.texts[int(rng.integers(len(self.texts)))], budget - 2 * used - 16, rng))
+        return f"{head[0]}{body}{tail[0]}{other}{head[1]}{body}{tail[1]}"
+
+    def _package(self, rng: np.random.Generator) -> str:
+        version = ".".join(str(int(v)) for v in rng.integers(0, 30, 3))
+        return f"{self.words[int(rng.integers(len(self.words)))]}=={version} \\\n    --hash=sha256:{_hex(rng, 64)}\n"
+
+    def _checksum(self, rng: np.random.Generator) -> str:
+        return f'    "{self._key(rng).replace("-", "_")}": "{_hex(rng, 16)}",\n'
+
+    def _seeds(self, rng: np.random.Generator) -> str:
+        return "    " + " ".join(f"{int(v)}," for v in rng.integers(10_000, 10_000_000, 4)) + "\n"
+
     def _lcc(self, budget: int, rng: np.random.Generator) -> str:
         text = self.texts[int(rng.integers(len(self.texts)))]
         lines = text.splitlines(keepends=True)
@@ -150,6 +178,19 @@ class TaskWriter:
         pool = [self.texts[int(i)] for i in rng.choice(len(self.texts), min(len(self.texts), 300), replace=False)]
         context, _ = cross_file_context(lines[j], pool, target, int(budget // 2 * self.chars_per_token), rng)
         return CODE_PROMPT + context + "".join(lines[:j]) + NEXT_LINE + lines[j].rstrip("\n")
+
+
+def _hex(rng: np.random.Generator, n: int) -> str:
+    return "".join("0123456789abcdef"[int(v)] for v in rng.integers(0, 16, n))
+
+
+# (head of the first and of the second block, their tails, a line maker)
+DIGEST_FORMATS = (
+    (("# requirements.txt (pinned, with hashes)\n", "\n# requirements.txt, as installed:\n"), ("\n", "\n"),
+     TaskWriter._package),
+    (("CHECKSUMS = {\n", "\nEXPECTED = {\n"), ("}\n\n", "}\n"), TaskWriter._checksum),
+    (("SEEDS = [\n", "\nassert load_seeds() == [\n"), ("]\n\n", "]\n"), TaskWriter._seeds),
+)
 
 
 def cross_file_context(line: str, pool: Sequence[str], exclude: str, budget_chars: int,

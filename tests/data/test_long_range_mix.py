@@ -1,9 +1,12 @@
 """The long-range mix: rows of exactly seq_len tokens, fixed by (seed, index), tasks in their natural formats
 (RULER's niah_single_1 wording, LongBench's code prompt), and the LongBench-format task files built from them."""
+import re
+
 import numpy as np
 
-from rosa_lightning.data.long_range_mix import (CODE_PROMPT, KINDS, NEXT_LINE, NIAH_HEAD, LongRangeMixSource,
-                                                niah_question)
+from rosa_lightning.data.long_range_mix import (CODE_PROMPT, DIGEST_FORMATS, KINDS, NEXT_LINE, NIAH_HEAD,
+                                                LongRangeMixSource, niah_question)
+from rosa_lightning.data.stdlib_corpus import EOT
 from rosa_lightning.evaluation.code_tasks import write_code_tasks
 from rosa_lightning.evaluation.niah import prompt_parts
 from rosa_lightning.evaluation.records import read_records
@@ -64,3 +67,42 @@ def test_code_task_files_are_longbench_records(tmp_path):
     repo = read_records(tmp_path / "tasks" / "repobench-p.jsonl")[0]
     assert repo["context"].startswith("# path: ") and repo["input"]
     assert np.all([len(r["context"]) > 0 for r in read_records(tmp_path / "tasks" / "repobench-p.jsonl")])
+
+
+def digest_parts(task):
+    """(format, first block, second block, the second block's start) of a ``digest`` task's text."""
+    fmt = next(f for f in DIGEST_FORMATS if task.startswith(f[0][0]))
+    (head1, head2), (tail1, tail2), _ = fmt
+    start = task.rindex(head2) + len(head2)
+    second = task[start: len(task) - len(tail2)]
+    first = task[len(head1): len(head1) + len(second)]
+    assert task[len(head1) + len(second):].startswith(tail1)
+    return fmt, first, second, start
+
+
+def test_digest_rows_repeat_a_random_block_far_back(tmp_path):
+    """A ``digest`` task: a block of random digests, other code, the same block under another header; the copy
+    distance is mostly beyond a 64-token window and reaches most of the row; every token is scored."""
+    src = source(tmp_path, seq_len=512, kinds={"digest": 1.0})
+    train, _ = src.build(seed=0)
+    tok = src.tokenizer
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
+    distances, blocks, formats = [], set(), set()
+    n = len(train.code_rows)
+    for k in range(60):
+        row, kind = train.task_row(k)
+        assert kind == "digest" and row.shape == (512,) and row[-1] == src.corpus.eot_id
+        if k < train.num_tasks:  # task_row(k) is row n + k of the dataset
+            item = train[n + k]
+            assert (item["input_ids"].numpy() == row).all() and (item["labels"] == item["input_ids"]).all()
+            assert bool(item["answer_mask"].all())
+        task = tok.decode(row.tolist()).split(EOT)[-2]
+        fmt, first, second, start = digest_parts(task)
+        assert first == second and count(first) >= 24
+        assert re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{16}|[0-9]{5,8}", re.findall(r"[0-9a-f]{5,}", first)[-1])
+        blocks.add(first)
+        formats.add(fmt[0][0])
+        distances.append(count(task[:start]) - count(fmt[0][0]))  # tokens from the first block to the second
+    assert len(blocks) == 60 and len(formats) == len(DIGEST_FORMATS)  # random content, every format
+    distances = np.asarray(distances)
+    assert (distances > 64).mean() >= 0.9 and distances.max() > 300 and distances.max() < 512

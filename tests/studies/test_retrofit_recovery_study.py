@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "experiments.retrofit_recovery.run"  # run from the repository root, as its README says
 
@@ -46,9 +48,11 @@ def test_retrofit_recovery_smoke(tmp_path):
     assert "Trainer.fit" not in again.stderr + again.stdout
 
 
-def test_repeat_rows_score_only_the_second_copy(tmp_path):
-    """``RepeatRows``: the scored tokens end just before the row's final EOT and occur earlier in the row (the first
-    copy of the block), farther back than the window."""
+@pytest.mark.parametrize("kind", ["repeat", "digest"])
+def test_repeat_rows_score_only_the_second_copy(tmp_path, kind):
+    """``RepeatRows``: the scored tokens are one run inside the task, end just before the row's final EOT (a
+    ``repeat`` task) or before its last line (``digest``), and occur earlier in the row (the first copy of the
+    block), farther back than the window."""
     import hydra
 
     from experiments.retrofit_recovery import run as study
@@ -57,13 +61,14 @@ def test_repeat_rows_score_only_the_second_copy(tmp_path):
     s = study.settings(True, logs)
     cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], logs / "scratch")
     source = hydra.utils.instantiate(cfg.data.source)
-    rows = study.RepeatRows(source, 4, s["seq_len"])
+    rows = study.RepeatRows(source, 4, s["seq_len"], kind=kind)
     eot = source.corpus.eot_id
     for i in range(len(rows)):
         item = rows[i]
         ids, labels = item["input_ids"].tolist(), item["labels"]
         scored = (labels != -100).nonzero().flatten().tolist()
-        assert scored and scored == list(range(scored[0], len(ids) - 1)) and ids[-1] == eot
+        assert scored and scored == list(range(scored[0], scored[-1] + 1)) and ids[-1] == eot
+        assert (scored[-1] == len(ids) - 2) if kind == "repeat" else (len(ids) - 6 <= scored[-1] < len(ids) - 2)
         assert all(int(labels[j]) == ids[j] for j in scored)
         # the block's text occurs earlier in the row (its tokens may split differently at its edges), more than a
         # window back
