@@ -34,7 +34,7 @@ cdef extern from *:
 cdef enum:
     # Default layout by bit width: sparse from this width on, dense rows below (measured in
     # experiments/retrieval_throughput/README.md).
-    SPARSE_MIN_BITS = 8
+    SPARSE_MIN_BITS = 9             # 9: never by default (not faster in CPU time on the measured machine); MODE_SPARSE selects it
     SPARSE_MAX_STATES = 1 << 24     # a key holds the state id in 24 bits
     EPOCH_MAX_STATES = 1 << 16      # below this the top key byte is free for the epoch
     HASH_MUL = 2654435769           # 2^32 / golden ratio (multiplicative hashing, top bits)
