@@ -31,6 +31,7 @@ from .generate import RosaGenerationMixin
 from .layer import RosaQwen3DecoderLayer
 from .parameters import is_rosa_parameter, rosa_layers
 from .token_channel import RosaTokenChannel
+from .windowing import shared_window_masks
 
 
 def _is_rosa_module(module: nn.Module) -> bool:
@@ -96,6 +97,9 @@ class RosaQwen3Model(Qwen3Model):
         retriever = None
         if self.rosa_config.enabled:
             retriever = kwargs["rosa_retriever"] = rosa_cache if rosa_cache is not None else self.batch_retriever()
+        shared = shared_window_masks(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache)
+        if shared is not None:
+            input_ids, (inputs_embeds, position_ids, attention_mask) = None, shared
         try:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
