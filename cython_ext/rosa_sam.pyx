@@ -518,10 +518,7 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
         return nsx[a] if (flips >> a) & 1 else 0
     for j in range(bits):
         x = a ^ (1 << j)
-        if al_t is AlphaSparse:
-            ns[j] = tr_get(al, S, nx, v, x)  # a bit test answers most misses
-        else:
-            ns[j] = row[x]
+        ns[j] = row[x]
         if ns[j] == 0 and nx[x] != 0:       # not at v, but the root has it: look up the chain
             pending |= 1 << j
     if pending:
@@ -540,17 +537,11 @@ cdef int32_t probe_flips(al_t *al, jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32
             while pending:
                 u = I[u * INFO_W + F_LINK]
                 S.work += 1
-                if al_t is AlphaSparse:
-                    for j in range(bits):
-                        if (pending >> j) & 1 and bm_has(S, u, a ^ (1 << j)):
-                            ns[j] = tr_get_present(al, S, nx, u, a ^ (1 << j))
-                            pending &= ~(1 << j)
-                else:
-                    row = nx + u * A
-                    for j in range(bits):
-                        if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
-                            ns[j] = row[a ^ (1 << j)]
-                            pending &= ~(1 << j)
+                row = nx + u * A
+                for j in range(bits):
+                    if (pending >> j) & 1 and row[a ^ (1 << j)] != 0:
+                        ns[j] = row[a ^ (1 << j)]
+                        pending &= ~(1 << j)
     for j in range(bits):
         out[j] = dest_time(jr, S, nx, ns[j])
     return -1

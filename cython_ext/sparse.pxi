@@ -214,7 +214,7 @@ cdef int32_t probe_sparse(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, int
     cdef int32_t m = bits + 1               # slot ``bits`` is a itself
     cdef int32_t xs[9]
     cdef int32_t ns[9]
-    cdef int32_t j, x, n, pending = 0
+    cdef int32_t j, x, pending = 0
     cdef idx_t u, top, best
     for j in range(bits):
         xs[j] = a ^ (1 << j)
@@ -253,11 +253,6 @@ cdef int32_t probe_sparse(jr_t *jr, Sam *S, idx_t *nx, int32_t v, int32_t a, int
                     if (pending >> j) & 1 and bm_has(S, u, xs[j]):
                         ns[j] = ht_get(S, u, xs[j])
                         pending &= ~(1 << j)
-    if S.lct:
-        for j in range(bits):
-            out[j] = dest_time(jr, S, nx, ns[j])
-    else:
-        for j in range(bits):
-            n = I[ns[j] * INFO_W + F_N]
-            out[j] = S.run_start[n] if (ns[j] != 0 and n < S.n_runs) else -1
+    for j in range(bits):
+        out[j] = dest_time(jr, S, nx, ns[j])
     return ns[bits]

@@ -43,6 +43,20 @@ def binned_perplexity(losses: Sequence[float], width: int) -> tuple[list[int], l
     return xs, ys
 
 
+RESULTS_BEGIN, RESULTS_END = "<!-- results: written by run.py -->", "<!-- end of results -->"
+
+
+def write_results_block(readme: Path, text: str) -> bool:
+    """Replace the text between the README's results markers with ``text``; False (nothing written) without them."""
+    doc = Path(readme).read_text()
+    if RESULTS_BEGIN not in doc or RESULTS_END not in doc:
+        return False
+    head, rest = doc.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    Path(readme).write_text(f"{head}{RESULTS_BEGIN}\n{text}{RESULTS_END}{tail}")
+    return True
+
+
 def write_json(path: Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=False, default=_jsonable) + "\n")
 

@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 
 from experiments.harness import runs
 from experiments.harness.evaluate import loss_by_position
-from experiments.harness.report import binned_perplexity, line_panels, markdown_table, perplexity, write_json
+from experiments.harness.report import (binned_perplexity, line_panels, markdown_table, perplexity, write_json,
+                                       write_results_block)
 from experiments.harness.runs import check_choices, compose_config, stopwatch
 from experiments.retrofit_recovery.export_backbone import export_backbone
 from rosa_lightning.data.long_range_mix import DIGEST_FORMATS, pack_rows
@@ -338,19 +339,6 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
          "vline": L, "series": {LABELS[a]: (s["niah"], [summary["table"][a][f"niah_{n}"] for n in s["niah"]])
                                 for a in arms}}], ncols=1, logx=True)
     return text
-
-
-RESULTS_BEGIN, RESULTS_END = "<!-- results: written by run.py -->", "<!-- end of results -->"
-
-
-def write_results_block(readme: Path, text: str) -> None:
-    """Replace the text between the README's results markers with ``text`` (nothing happens without them)."""
-    doc = readme.read_text()
-    if RESULTS_BEGIN not in doc or RESULTS_END not in doc:
-        return
-    head, rest = doc.split(RESULTS_BEGIN, 1)
-    tail = rest.split(RESULTS_END, 1)[1]
-    readme.write_text(f"{head}{RESULTS_BEGIN}\n{text}{RESULTS_END}{tail}")
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from experiments.harness.report import markdown_table, write_json
+from experiments.harness.report import RESULTS_BEGIN, RESULTS_END, markdown_table, write_json, write_results_block
 
 HERE = Path(__file__).resolve().parent
 MODULE = "experiments.step_memory.measure"
@@ -140,7 +140,7 @@ def plot(results: dict, path: Path) -> None:
     parts = [("weights", "weights"), ("gradients", "gradients"), ("adamw", "AdamW states"),
              ("activations", "saved activations"), ("rest", "transient (rest of the peak)")]
     for ax, ckpt in zip(axes, (False, True)):
-        labels, bottoms = [], None
+        labels = []
         keys = [(arm, loss) for arm in ARMS for loss in ("full", "chunked")]
         stacks = {name: [] for name, _ in parts}
         for arm, loss in keys:
@@ -162,15 +162,6 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_readme_block(readme: Path, text: str) -> None:
-    start, end = "<!-- results: written by run.py -->", "<!-- end of results -->"
-    src = readme.read_text()
-    if start not in src or end not in src:
-        raise RuntimeError(f"{readme} lacks the results markers {start!r} ... {end!r}")
-    head, rest = src.split(start, 1)
-    readme.write_text(head + start + "\n" + text + rest[rest.index(end):])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -209,7 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     (out / "results.md").write_text(text)
     plot(results, out / "step_memory.png")
     if not args.smoke:
-        write_readme_block(HERE / "README.md", text + f"\nWall time of the study: {results['wall_s'] / 60:.1f} min.\n")
+        readme = HERE / "README.md"
+        if not write_results_block(readme, text + f"\nWall time of the study: {results['wall_s'] / 60:.1f} min.\n"):
+            raise RuntimeError(f"{readme} lacks the results markers {RESULTS_BEGIN!r} ... {RESULTS_END!r}")
     print(text)
 
 

@@ -29,13 +29,16 @@ def make_pair(kind: str, T: int, bits: int, rng: np.random.Generator):
         q = np.resize(np.roll(base, -shift), T) if rng.random() < 0.8 else rng.integers(0, A, T)
         return q, k
     if kind == "runs":
-        def runs():
-            out = []
-            while len(out) < T:
-                out += [int(rng.integers(0, A))] * int(rng.integers(1, 9))
-            return np.array(out[:T])
-        return runs(), runs()
+        return run_sequence(T, A, 1, 9, rng), run_sequence(T, A, 1, 9, rng)
     raise ValueError(kind)
+
+
+def run_sequence(T: int, A: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """T symbols in runs of a random symbol, each run lo..hi-1 long."""
+    out = []
+    while len(out) < T:
+        out += [int(rng.integers(0, A))] * int(rng.integers(lo, hi))
+    return np.array(out[:T])
 
 
 def periodic_pattern(T: int, bits: int, period: int, shifted: bool, rng: np.random.Generator):

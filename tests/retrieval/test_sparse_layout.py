@@ -10,6 +10,7 @@ from rosa_lightning.retrieval import _native, rosa_match
 from rosa_lightning.retrieval.match import match_narrow
 from rosa_lightning.retrieval.reference import scan_pair_reference
 
+from ._gen import run_sequence
 from .test_kernel import assert_matches
 
 SPARSE, DENSE = _native.MODE_SPARSE, _native.MODE_DENSE
@@ -47,12 +48,7 @@ def inputs(name: str, T: int, bits: int, rng: np.random.Generator):
         k = np.resize(rng.integers(0, A, p), T + 1)
         return k[1:].copy(), k[:T].copy()
     if name == "long_runs":
-        def runs():
-            out = []
-            while len(out) < T:
-                out += [int(rng.integers(0, A))] * int(rng.integers(16, 257))
-            return np.array(out[:T])
-        return runs(), runs()
+        return run_sequence(T, A, 16, 257, rng), run_sequence(T, A, 16, 257, rng)
     if name == "sparse_alphabet":          # 3 symbols scattered over the alphabet
         sub = rng.choice(A, 3, replace=False)
         return sub[rng.integers(0, 3, T)], sub[rng.integers(0, 3, T)]
