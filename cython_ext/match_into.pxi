@@ -88,6 +88,16 @@ cdef bint arenas_fit(Arenas *a, int n, int bits, int64_t T, int mode) noexcept n
             and a.mode_flags == arena_flags(bits, T, mode))
 
 
+def _test_sparse_table_slots(int64_t slots):
+    """Tests only: sparse tables of ``slots`` slots (a power of two; 0 = the size the arena needs) from the next
+    arena allocation on; the cached arenas are released."""
+    global _table_slots_override
+    if _cache_busy:
+        raise RuntimeError("_test_sparse_table_slots: a scan is running")
+    arenas_free(&_cache)
+    _table_slots_override = slots
+
+
 def release_arenas():
     """Free the cached arenas (the next call allocates them again)."""
     global _cache_busy

@@ -50,11 +50,15 @@ cdef inline bint want_sparse(int bits, int64_t cap, int mode) noexcept nogil:
     return (mode & MODE_SPARSE) != 0 or bits >= SPARSE_MIN_BITS
 
 
+# Tests only (_test_sparse_table_slots): a fixed table size below what the arena needs, to break the load invariant.
+cdef int64_t _table_slots_override = 0
+
+
 cdef int sparse_alloc(Sam *S) noexcept nogil:
     """Bitmaps for S.cap states and a table for the transitions of S.run_cap - 1 symbols; 0 or -1 (memory)."""
     cdef int64_t slots = 16
     cdef int lg = 4
-    while slots < 4 * S.run_cap:
+    while slots < (_table_slots_override if _table_slots_override > 0 else 4 * S.run_cap):
         slots *= 2
         lg += 1
     S.bm = <uint64_t *> malloc(S.cap * BM_W * sizeof(uint64_t))
@@ -89,16 +93,36 @@ cdef inline bint bm_has(Sam *S, int64_t v, int32_t x) noexcept nogil:
     return (S.bm[v * BM_W + (x >> 6)] >> (x & 63)) & 1
 
 
+cdef extern from *:
+    """
+    #include <stdio.h>
+    #include <stdlib.h>
+    static void rosa_table_overflow(void) {
+        fprintf(stderr, "rosa kernel: a sparse transition table has neither the key nor an empty slot; its load "
+                        "invariant (at most 3/4 full) broke, so the automaton is no longer valid. Aborting instead "
+                        "of probing forever. The dense layout (MODE_DENSE, the default) does not use the table; "
+                        "please report this with the bit width and T.\\n");
+        fflush(stderr);
+        abort();
+    }
+    """
+    void table_overflow "rosa_table_overflow"() noexcept nogil
+
+
 cdef inline uint32_t *ht_slot(Sam *S, int64_t v, int32_t x) noexcept nogil:
-    """The slot of (v, x): the one holding its key, or the empty slot where it would be inserted."""
+    """The slot of (v, x): the one holding its key, or the empty slot where it would be inserted. The load stays at
+    most 3/4 by construction; should that break, a lookup that has probed every slot aborts the process with a
+    message: with a lost transition the automaton's chains may cycle, so no scan could be trusted to end."""
     cdef uint32_t key = S.ht_epoch | (<uint32_t> v << 8) | <uint32_t> x
     cdef uint32_t h = (key * <uint32_t> HASH_MUL) >> S.ht_shift
-    cdef uint32_t k2
-    while True:
+    cdef uint32_t k2, probes
+    for probes in range(S.ht_mask + 1):
         k2 = S.ht[2 * h]
         if k2 == key or k2 == 0 or ((k2 ^ key) & S.ht_emask) != 0:
             return &S.ht[2 * h]
         h = (h + 1) & S.ht_mask
+    table_overflow()
+    return NULL
 
 
 cdef inline int32_t ht_get(Sam *S, int64_t v, int32_t x) noexcept nogil:

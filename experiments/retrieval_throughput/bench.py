@@ -2,7 +2,9 @@
 
 Prints a markdown table: ns per (route, token) of ``rosa_match`` (one thread, counterfactuals on)
 per input pattern, its ratio to the uniform-random cost, the baseline's ns per (route, token) and
-the speed-up, measured side by side in this process; then thread scaling and state bytes.
+the speed-up, measured side by side in this process; then thread scaling and state bytes. At bits > 4 the
+opt-in sparse transition layout (MODE_SPARSE) is measured beside the dense rows, pattern by pattern and thread
+count by thread count, with its results asserted equal to theirs.
 
     python -m experiments.retrieval_throughput.bench [--T 16384] [--bits 4]
 """
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from experiments.retrieval_throughput.baseline_numba import baseline_match
-from rosa_lightning.retrieval import RosaStream, rosa_match
+from rosa_lightning.retrieval import RosaStream, _native, rosa_match
 
 
 def distinct_cycle(period, A, rng):
@@ -59,51 +61,82 @@ def timed(fn, repeats):
     return best, out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, default=16384)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--routes", type=int, default=8, help="routes per pattern for rosa_match")
     ap.add_argument("--baseline-routes", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     T, bits, R = args.T, args.bits, args.routes
     rng = np.random.default_rng(0)
     warm = rng.integers(0, 1 << bits, (2, 64))
     baseline_match(warm, warm, bits)  # compile
 
+    sparse = bits > 4   # the sparse layout exists above 4 bits; it is measured beside the dense rows there
+    dense_mode = _native.MODE_HYBRID | _native.MODE_DENSE
+    sparse_mode = _native.MODE_HYBRID | _native.MODE_SPARSE
+
+    def run(qb, kb, threads, mode):
+        return timed(lambda: rosa_match(qb, kb, bits, num_threads=threads, _mode=mode), args.repeats)
+
     print(f"T={T}, bits={bits}, one thread, counterfactuals on; ns per (route, token), best of {args.repeats}\n")
-    print("| pattern | rosa_match | / random | baseline | speed-up |")
-    print("|---|---:|---:|---:|---:|")
-    random_ns = None
+    if sparse:
+        print("| pattern | rosa_match (dense rows) | / random | sparse layout | / random | sparse / dense | baseline "
+              "| speed-up |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("| pattern | rosa_match | / random | baseline | speed-up |")
+        print("|---|---:|---:|---:|---:|")
+    random_ns = random_sp = None
     for name, q, k in patterns(T, bits, rng):
         qb = np.repeat(q.astype(np.uint8)[None, :, None], R, axis=2)
         kb = np.repeat(k.astype(np.uint8)[None, :, None], R, axis=2)
         if name == "uniform random":
             qb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
             kb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
-        sec, m = timed(lambda: rosa_match(qb, kb, bits, num_threads=1), args.repeats)
+        sec, m = run(qb, kb, 1, dense_mode)
         ns = sec / (R * T) * 1e9
         random_ns = random_ns or ns
+        if sparse:
+            ssec, ms = run(qb, kb, 1, sparse_mode)
+            assert torch.equal(ms.tau, m.tau) and torch.equal(ms.cf, m.cf), f"sparse layout disagrees on {name}"
+            sns = ssec / (R * T) * 1e9
+            random_sp = random_sp or sns
         P = args.baseline_routes
         qp = np.ascontiguousarray(qb[0, :, :P].T).astype(np.int64)
         kp = np.ascontiguousarray(kb[0, :, :P].T).astype(np.int64)
         bsec, (btau, _) = timed(lambda: baseline_match(qp, kp, bits), 1)
         assert np.array_equal(btau, m.tau[0, :P].numpy()), f"baseline disagrees on {name}"
         bns = bsec / (P * T) * 1e9
-        print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {bns:.1f} | {bns / ns:.1f}x |")
+        if sparse:
+            print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {sns:.1f} | {sns / random_sp:.2f} | {sns / ns:.2f} "
+                  f"| {bns:.1f} | {bns / ns:.1f}x |")
+        else:
+            print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {bns:.1f} | {bns / ns:.1f}x |")
 
     print("\nThread scaling, uniform random, 4·R pairs:\n")
-    print("| threads | ns per (route, token) wall | speed-up |")
-    print("|---:|---:|---:|")
+    if sparse:
+        print("| threads | dense rows, ns per (route, token) wall | speed-up | sparse layout | speed-up |")
+        print("|---:|---:|---:|---:|---:|")
+    else:
+        print("| threads | ns per (route, token) wall | speed-up |")
+        print("|---:|---:|---:|")
     qb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
     kb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
-    one = None
+    one = one_sp = None
     for threads in sorted({1, 2, len(os.sched_getaffinity(0))}):
-        sec, _ = timed(lambda: rosa_match(qb, kb, bits, num_threads=threads), args.repeats)
+        sec, _ = run(qb, kb, threads, dense_mode)
         ns = sec / (qb.shape[0] * qb.shape[2] * T) * 1e9
         one = one or ns
-        print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x |")
+        if sparse:
+            ssec, _ = run(qb, kb, threads, sparse_mode)
+            sns = ssec / (qb.shape[0] * qb.shape[2] * T) * 1e9
+            one_sp = one_sp or sns
+            print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x | {sns:.1f} | {one_sp / sns:.2f}x |")
+        else:
+            print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x |")
 
     print("\nPersistent RosaStream state after T tokens (bytes per (route, token)):\n")
     print("| pattern | bytes |")

@@ -20,3 +20,4 @@ count_q_runs = _sam.count_q_runs
 match_into = _sam.match_into
 release_arenas = _sam.release_arenas
 arena_bytes = _sam.arena_bytes
+_test_sparse_table_slots = _sam._test_sparse_table_slots   # tests only: breaks the sparse table's load invariant

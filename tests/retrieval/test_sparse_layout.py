@@ -199,3 +199,34 @@ def test_stream_keeps_dense_rows():
     assert flagged.nbytes() == plain.nbytes()
     assert np.array_equal(got[0], got[1])
     assert got[0][0, 0].tolist() == run(q, k, bits, SPARSE).tau[0, 0].tolist()
+
+
+
+OVERFLOW = """
+import numpy as np, torch
+from rosa_lightning.retrieval import _native
+from rosa_lightning.retrieval.match import match_narrow
+rng = np.random.default_rng(11)
+q, k = (torch.from_numpy(rng.integers(0, 256, (1, 2, 512)).astype(np.uint8)) for _ in range(2))
+dense = match_narrow(q, k, 8, 1, _mode=_native.MODE_DENSE)
+_native._test_sparse_table_slots(0)
+sparse = match_narrow(q, k, 8, 1, _mode=_native.MODE_SPARSE)
+assert all(torch.equal(a, b) for a, b in zip(dense, sparse))
+print("normal size ok", flush=True)
+_native._test_sparse_table_slots(16)
+match_narrow(q, k, 8, 1, _mode=_native.MODE_SPARSE)
+print("not reached", flush=True)
+"""
+
+
+def test_an_overflowing_table_aborts_instead_of_probing_forever():
+    """A table too small for the arena (the load invariant broken on purpose, in a child process) ends the process
+    with a message naming the broken invariant, within seconds, instead of a lookup that probes forever; at the
+    normal size the same input gives the dense rows' results."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", OVERFLOW], capture_output=True, text=True, timeout=120)
+    assert "normal size ok" in proc.stdout and "not reached" not in proc.stdout
+    assert proc.returncode != 0
+    assert "sparse transition table has neither the key nor an empty slot" in proc.stderr
