@@ -92,9 +92,8 @@ def _test_sparse_table_slots(int64_t slots):
     """Tests only: sparse tables of ``slots`` slots (a power of two; 0 = the size the arena needs) from the next
     arena allocation on; the cached arenas are released."""
     global _table_slots_override
-    if _cache_busy:
+    if not release_arenas():
         raise RuntimeError("_test_sparse_table_slots: a scan is running")
-    arenas_free(&_cache)
     _table_slots_override = slots
 
 

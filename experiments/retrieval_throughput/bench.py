@@ -81,14 +81,16 @@ def main(argv=None):
     def run(qb, kb, threads, mode):
         return timed(lambda: rosa_match(qb, kb, bits, num_threads=threads, _mode=mode), args.repeats)
 
+    def table(header, right):
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join(["---:" if right else "---"] + ["---:"] * (len(header) - 1)) + "|")
+
+    def row(cells):
+        print("| " + " | ".join(cells) + " |")
+
     print(f"T={T}, bits={bits}, one thread, counterfactuals on; ns per (route, token), best of {args.repeats}\n")
-    if sparse:
-        print("| pattern | rosa_match (dense rows) | / random | sparse layout | / random | sparse / dense | baseline "
-              "| speed-up |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    else:
-        print("| pattern | rosa_match | / random | baseline | speed-up |")
-        print("|---|---:|---:|---:|---:|")
+    table(["pattern", "rosa_match (dense rows)" if sparse else "rosa_match", "/ random"]
+          + (["sparse layout", "/ random", "sparse / dense"] if sparse else []) + ["baseline", "speed-up"], False)
     random_ns = random_sp = None
     for name, q, k in patterns(T, bits, rng):
         qb = np.repeat(q.astype(np.uint8)[None, :, None], R, axis=2)
@@ -99,44 +101,36 @@ def main(argv=None):
         sec, m = run(qb, kb, 1, dense_mode)
         ns = sec / (R * T) * 1e9
         random_ns = random_ns or ns
+        cells = [name, f"{ns:.1f}", f"{ns / random_ns:.2f}"]
         if sparse:
             ssec, ms = run(qb, kb, 1, sparse_mode)
             assert torch.equal(ms.tau, m.tau) and torch.equal(ms.cf, m.cf), f"sparse layout disagrees on {name}"
             sns = ssec / (R * T) * 1e9
             random_sp = random_sp or sns
+            cells += [f"{sns:.1f}", f"{sns / random_sp:.2f}", f"{sns / ns:.2f}"]
         P = args.baseline_routes
         qp = np.ascontiguousarray(qb[0, :, :P].T).astype(np.int64)
         kp = np.ascontiguousarray(kb[0, :, :P].T).astype(np.int64)
         bsec, (btau, _) = timed(lambda: baseline_match(qp, kp, bits), 1)
         assert np.array_equal(btau, m.tau[0, :P].numpy()), f"baseline disagrees on {name}"
         bns = bsec / (P * T) * 1e9
-        if sparse:
-            print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {sns:.1f} | {sns / random_sp:.2f} | {sns / ns:.2f} "
-                  f"| {bns:.1f} | {bns / ns:.1f}x |")
-        else:
-            print(f"| {name} | {ns:.1f} | {ns / random_ns:.2f} | {bns:.1f} | {bns / ns:.1f}x |")
+        row(cells + [f"{bns:.1f}", f"{bns / ns:.1f}x"])
 
     print("\nThread scaling, uniform random, 4·R pairs:\n")
-    if sparse:
-        print("| threads | dense rows, ns per (route, token) wall | speed-up | sparse layout | speed-up |")
-        print("|---:|---:|---:|---:|---:|")
-    else:
-        print("| threads | ns per (route, token) wall | speed-up |")
-        print("|---:|---:|---:|")
+    table(["threads", "dense rows, ns per (route, token) wall" if sparse else "ns per (route, token) wall", "speed-up"]
+          + (["sparse layout", "speed-up"] if sparse else []), True)
     qb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
     kb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
-    one = one_sp = None
+    pairs = qb.shape[0] * qb.shape[2]
+    one = {}
     for threads in sorted({1, 2, len(os.sched_getaffinity(0))}):
-        sec, _ = run(qb, kb, threads, dense_mode)
-        ns = sec / (qb.shape[0] * qb.shape[2] * T) * 1e9
-        one = one or ns
-        if sparse:
-            ssec, _ = run(qb, kb, threads, sparse_mode)
-            sns = ssec / (qb.shape[0] * qb.shape[2] * T) * 1e9
-            one_sp = one_sp or sns
-            print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x | {sns:.1f} | {one_sp / sns:.2f}x |")
-        else:
-            print(f"| {threads} | {ns:.1f} | {one / ns:.2f}x |")
+        cells = [str(threads)]
+        for mode in ([dense_mode, sparse_mode] if sparse else [dense_mode]):
+            sec, _ = run(qb, kb, threads, mode)
+            ns = sec / (pairs * T) * 1e9
+            one.setdefault(mode, ns)
+            cells += [f"{ns:.1f}", f"{one[mode] / ns:.2f}x"]
+        row(cells)
 
     print("\nPersistent RosaStream state after T tokens (bytes per (route, token)):\n")
     print("| pattern | bytes |")

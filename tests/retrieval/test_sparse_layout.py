@@ -2,6 +2,9 @@
 transitions) against docs/retrieval.md §3 (the reference) and against the dense rows, on inputs that stress it:
 high-degree states and clones of them, sparse alphabets, long runs, every period up to 64, the switch to the
 link-cut tree, many pairs per arena (the table's epochs) and int32 ids."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -201,7 +204,6 @@ def test_stream_keeps_dense_rows():
     assert got[0][0, 0].tolist() == run(q, k, bits, SPARSE).tau[0, 0].tolist()
 
 
-
 OVERFLOW = """
 import numpy as np, torch
 from rosa_lightning.retrieval import _native
@@ -223,9 +225,6 @@ def test_an_overflowing_table_aborts_instead_of_probing_forever():
     """A table too small for the arena (the load invariant broken on purpose, in a child process) ends the process
     with a message naming the broken invariant, within seconds, instead of a lookup that probes forever; at the
     normal size the same input gives the dense rows' results."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", OVERFLOW], capture_output=True, text=True, timeout=120)
     assert "normal size ok" in proc.stdout and "not reached" not in proc.stdout
     assert proc.returncode != 0
