@@ -110,7 +110,13 @@ class RosaDataModule(L.LightningDataModule):
         return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self._pending_loader_state = state.get("train_loader")
+        loader_state = state.get("train_loader")
+        if loader_state is not None and self._train_loader is not None:
+            # strategies that restore the checkpoint after setup (ModelParallelStrategy, FSDP2) do so once the
+            # step count has built the loader: it takes the position directly (it is not iterated yet)
+            self._train_loader.load_state_dict(loader_state)
+            return
+        self._pending_loader_state = loader_state
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
