@@ -24,9 +24,17 @@ def nonfinite_loss_error(loss: torch.Tensor, step: int) -> FloatingPointError:
                               f"gradients (trainer.gradient_clip_val), or set model.nonfinite=skip to skip such steps")
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def first_nonfinite_grad(model: torch.nn.Module) -> Optional[str]:
-    """Name of the first parameter whose gradient holds NaN or inf, or None (one device sync when all are finite)."""
-    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    """Name of the first parameter whose gradient holds NaN or inf, or None (one device sync when all are finite).
+    For a sharded model only this rank's shards are checked."""
+    # a sharded model's gradients are DTensors: this rank checks its own shards (the caller combines the ranks)
+    named = [(n, _local(p.grad)) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return None
     flags = torch.stack([torch.isfinite(g).all() for _, g in named])

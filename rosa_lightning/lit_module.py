@@ -9,6 +9,7 @@ schedule restarted. Stage B starts either in the same run once ``stage_a_tokens`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,11 +28,12 @@ from rosa_lightning.guards import (check_has_rosa, check_nonfinite_mode, check_t
 from rosa_lightning.modeling import (RosaConfig, build_rosa_model, freeze_backbone, is_rosa_parameter, load_adapter,
                                      read_adapter_metadata, unused_parameters)
 from rosa_lightning.modeling.integrity import BRANCH_FIELDS, check_layout
-from rosa_lightning.modeling.losses import (answer_accuracy, chunked_answer_accuracy, chunked_next_token_loss,
-                                            shifted_cross_entropy)
+from rosa_lightning.modeling.losses import answer_accuracy, shifted_cross_entropy
 from rosa_lightning.modeling.parameters import rosa_layers
+from rosa_lightning.modeling.sharding import is_sharded, shard_model
 from rosa_lightning.modeling.teacher import HashTeacher
 
+log = logging.getLogger(__name__)
 STAGES = ("A", "B")
 
 
@@ -137,10 +139,7 @@ class RosaLitModule(L.LightningModule):
         # Every rank counts the same tokens (batch size x world size per step), so all of them switch at this step.
         strategy = self.trainer.strategy
         wrapped = isinstance(strategy.model, DistributedDataParallel)
-        if self.trainer.world_size > 1 and not wrapped:
-            raise RuntimeError(f"the in-run switch to stage B on several ranks supports DDP, not "
-                               f"{type(strategy).__name__}; run stage B separately: train.stage=B "
-                               f"model.init_from=<stage-A checkpoint>")
+        check_switch_supported(strategy, self.trainer.world_size)
         self.stage = "B"
         self.backbone_trained = True
         self.stage_started_step = self.global_step
@@ -152,6 +151,24 @@ class RosaLitModule(L.LightningModule):
             strategy.configure_ddp()
         strategy.setup_optimizers(self.trainer)  # new groups; the schedule restarts
         self.print(f"stage B from step {self.global_step} ({self.tokens_seen} tokens seen)")
+
+    # ---- sharding -----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``trainer=fsdp_cpu`` / ``trainer=fsdp2``): shard the model
+        with FSDP2 over all ranks (``modeling/sharding.py``). Other strategies set no device mesh and leave the
+        model as it is."""
+        mesh = self._device_mesh
+        if mesh is None or is_sharded(self.model):
+            return
+        if mesh.ndim != 1:
+            # the strategy splits the ranks into data- and tensor-parallel groups (by default nodes x devices);
+            # ROSA layers have no tensor-parallel plan, so every rank is a data-parallel rank of one FSDP group
+            from torch.distributed.device_mesh import init_device_mesh
+
+            log.info("FSDP2 over all %d ranks (the strategy's %s split %s is not used: no tensor parallelism)",
+                     mesh.size(), mesh.mesh_dim_names, tuple(mesh.shape))
+            mesh = init_device_mesh(mesh.device_type, (mesh.size(),))
+        shard_model(self.model, mesh)
 
     # ---- forward and loss ---------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -168,18 +185,16 @@ class RosaLitModule(L.LightningModule):
             logits = self(batch)
             loss, n_scored = shifted_cross_entropy(logits, batch["labels"])
         else:
-            kwargs = {"rosa_token_ids": batch["rosa_token_ids"]} if "rosa_token_ids" in batch else {}
-            hidden = self.model.final_hidden_states(batch["input_ids"], **kwargs)
-            loss, n_scored = chunked_next_token_loss(hidden, self.model.lm_head, batch["labels"], self.loss_chunk_tokens)
+            loss, n_scored, chunk_acc = self.model.chunked_loss(batch["input_ids"], batch["labels"],
+                                                                self.loss_chunk_tokens, batch.get("rosa_token_ids"),
+                                                                batch.get("answer_mask"))
         bs = batch["input_ids"].shape[0]
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=split != "train")
         self.log(f"{split}/ppl", torch.exp(loss.detach().clamp(max=30.0)), batch_size=bs,
                  sync_dist=split != "train")
         if "answer_mask" in batch:
             acc = (answer_accuracy(logits.detach(), batch["input_ids"], batch["answer_mask"])
-                   if self.loss_chunk_tokens is None else
-                   chunked_answer_accuracy(hidden.detach(), self.model.lm_head, batch["input_ids"],
-                                           batch["answer_mask"], self.loss_chunk_tokens))
+                   if self.loss_chunk_tokens is None else chunk_acc)
             self.log(f"{split}/answer_acc", acc, prog_bar=True, batch_size=bs, sync_dist=split != "train")
         return loss
 
@@ -224,8 +239,14 @@ class RosaLitModule(L.LightningModule):
             return
         bad = first_nonfinite_grad(self.model)
         if self.nonfinite == "raise":
+            # sharded gradients: each rank checked its own shards, so all of them must stop when one found one
+            anywhere = (is_sharded(self.model)
+                        and self.trainer.strategy.reduce_boolean_decision(bad is not None, all=False))
             if bad is not None:
                 raise nonfinite_grad_error(bad, self.global_step)
+            if anywhere:
+                raise FloatingPointError(f"another rank found a NaN or inf gradient at step {self.global_step} "
+                                         f"(its error names the parameter); training stops here")
             return
         skip = self.trainer.strategy.reduce_boolean_decision(bad is not None or self._nonfinite_loss, all=False)
         self._nonfinite_loss = False
@@ -235,6 +256,8 @@ class RosaLitModule(L.LightningModule):
         self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=1)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.stage == "A" and self.hparams.stage_a_tokens is not None:
+            check_switch_supported(self.trainer.strategy, self.trainer.world_size)
         datamodule = getattr(self.trainer, "datamodule", None)
         rows = getattr(datamodule, "row_tokens", None)
         if stage == "fit" and callable(rows):
@@ -282,6 +305,19 @@ class RosaLitModule(L.LightningModule):
         if state["stage"] != self.stage:
             self.stage = state["stage"]
             self._apply_stage()
+
+
+def check_switch_supported(strategy: Any, world_size: int) -> None:
+    """Raise ``ValueError`` when ``strategy`` cannot switch from stage A to B within a run: the sharded strategies
+    (FSDP, FSDP2, DeepSpeed) fix which parameters train when they wrap the model, and several ranks need DDP."""
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    sharded = isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy))
+    if sharded or (world_size > 1 and not isinstance(strategy, DDPStrategy)):
+        raise ValueError(f"train.stage_a_tokens (the in-run switch from stage A to B) works in one process or "
+                         f"with DDP, not with {type(strategy).__name__}; run the two stages as two runs: "
+                         f"train.stage=A without train.stage_a_tokens, then train.stage=B "
+                         f"model.init_from=<the stage-A checkpoint>")
 
 
 def _plain(value: Any) -> Any:

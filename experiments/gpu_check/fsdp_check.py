@@ -1,6 +1,7 @@
 """Section 4: FSDP on one device. A single-process process group (nccl on CUDA, gloo on the CPU), a small ROSA model
 wrapped by torch FSDP (``use_orig_params=True``, one unit per decoder layer), one forward and backward: the loss and
-every gradient must equal those of the unwrapped model; the same with stage-A freezing (only ROSA parameters train).
+every gradient must equal those of the unwrapped model; the same with stage-A freezing (only ROSA parameters train);
+then both again with FSDP2 (``fully_shard`` as ``trainer=fsdp2`` applies it), which also runs on the CPU.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
 from rosa_lightning.modeling import RosaConfig, RosaQwen3DecoderLayer, attach_pipeline, freeze_backbone
+from rosa_lightning.modeling.sharding import full_tensor, shard_model
 from rosa_lightning.retrieval import RetrievalPipeline
 
 from .common import TINY, Row, guarded, max_rel_diff, small_rosa_model, synchronize
@@ -35,9 +37,10 @@ def fsdp_check(rows: list[Row], device: torch.device, length: int, threads: int)
         dist.init_process_group(backend, init_method=f"file://{store.name}", rank=0, world_size=1)
         started = True
         rows.append(Row(SECTION, "process group", backend, "pass", "world size 1"))
-        for stage in ("all parameters", "stage A (ROSA only)"):
-            guarded(rows, SECTION, "FSDP vs unwrapped", stage,
-                    lambda: rows.append(_compare(device, length, threads, stage)))
+        for check, compare in (("FSDP vs unwrapped", _compare), ("FSDP2 vs unwrapped", _compare_fsdp2)):
+            for stage in ("all parameters", "stage A (ROSA only)"):
+                guarded(rows, SECTION, check, stage,
+                        lambda: rows.append(compare(device, length, threads, stage)))
     except Exception as exc:  # recorded: FSDP on one device is a feasibility check
         rows.append(Row(SECTION, "process group", backend, "error", f"{type(exc).__name__}: {str(exc)[:300]}"))
     finally:
@@ -59,10 +62,8 @@ def _loss(model, ids, threads) -> torch.Tensor:
     return loss.detach()
 
 
-def _compare(device: torch.device, length: int, threads: int, stage: str) -> Row:
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-
+def _reference(device: torch.device, length: int, threads: int, stage: str):
+    """The small ROSA model (stage-A frozen when asked), its input and the unwrapped model's loss and gradients."""
     base = small_rosa_model(TINY, RosaConfig(bits=4, window=16, global_layers=1), seed=11)
     if stage.startswith("stage A"):
         freeze_backbone(base)
@@ -70,6 +71,27 @@ def _compare(device: torch.device, length: int, threads: int, stage: str) -> Row
     plain = copy.deepcopy(base).to(device)
     ref_loss = _loss(plain, ids, threads)
     ref = {n: p.grad.detach().cpu() for n, p in plain.named_parameters() if p.grad is not None}
+    return base, ids, ref_loss, ref
+
+
+def _verdict(check: str, stage: str, ref_loss, ref: dict, loss, got: dict, note: str) -> Row:
+    missing = sorted(set(ref) ^ set(got))
+    grad = max((max_rel_diff(got[n], ref[n]) for n in ref if n in got), default=0.0)
+    loss_diff = max_rel_diff(loss, ref_loss)
+    bad = [f"{k} rel {x:.1e}" for k, x in (("loss", loss_diff), ("grads", grad)) if not x <= RTOL]
+    if missing:
+        bad.append(f"gradients on one side only: {missing[:3]}")
+    if stage.startswith("stage A") and any(".rosa." not in n for n in got):
+        bad.append("a frozen backbone parameter got a gradient")
+    return Row(SECTION, check, stage, "FAIL" if bad else "pass",
+               f"max rel diff: loss {loss_diff:.1e}, grads {grad:.1e}", "; ".join(bad) or note)
+
+
+def _compare(device: torch.device, length: int, threads: int, stage: str) -> Row:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    base, ids, ref_loss, ref = _reference(device, length, threads, stage)
     policy = functools.partial(transformer_auto_wrap_policy,
                                transformer_layer_cls={Qwen3DecoderLayer, RosaQwen3DecoderLayer})
     kwargs = dict(auto_wrap_policy=policy, use_orig_params=True)
@@ -87,17 +109,20 @@ def _compare(device: torch.device, length: int, threads: int, stage: str) -> Row
     with FSDP.summon_full_params(wrapped, with_grads=True):
         got = {_plain_name(n): p.grad.detach().cpu() for n, p in wrapped.named_parameters() if p.grad is not None}
     units = sum(isinstance(m, FSDP) for m in wrapped.modules())
-    missing = sorted(set(ref) ^ set(got))
-    grad = max((max_rel_diff(got[n], ref[n]) for n in ref if n in got), default=0.0)
-    loss_diff = max_rel_diff(loss, ref_loss)
-    bad = [f"{k} rel {x:.1e}" for k, x in (("loss", loss_diff), ("grads", grad)) if not x <= RTOL]
-    if missing:
-        bad.append(f"gradients on one side only: {missing[:3]}")
-    if stage.startswith("stage A") and any(".rosa." not in n for n in got):
-        bad.append("a frozen backbone parameter got a gradient")
-    return Row(SECTION, "FSDP vs unwrapped", stage, "FAIL" if bad else "pass",
-               f"max rel diff: loss {loss_diff:.1e}, grads {grad:.1e}",
-               "; ".join(bad) or f"{len(ref)} gradients, {units} FSDP units, use_orig_params, tol {RTOL:g}")
+    return _verdict("FSDP vs unwrapped", stage, ref_loss, ref, loss, got,
+                    f"{len(ref)} gradients, {units} FSDP units, use_orig_params, tol {RTOL:g}")
+
+
+def _compare_fsdp2(device: torch.device, length: int, threads: int, stage: str) -> Row:
+    """The same with FSDP2 (``fully_shard``) as ``trainer=fsdp2`` applies it (``modeling/sharding.py``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    base, ids, ref_loss, ref = _reference(device, length, threads, stage)
+    sharded = shard_model(copy.deepcopy(base).to(device), init_device_mesh(device.type, (1,)))
+    loss = _loss(sharded, ids, threads)
+    got = {n: full_tensor(p.grad).detach().cpu() for n, p in sharded.named_parameters() if p.grad is not None}
+    return _verdict("FSDP2 vs unwrapped", stage, ref_loss, ref, loss, got,
+                    f"{len(ref)} gradients, fully_shard per decoder layer + root, tol {RTOL:g}")
 
 
 def _plain_name(name: str) -> str:

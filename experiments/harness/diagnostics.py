@@ -121,7 +121,7 @@ def grad_norms_on_batch(module: torch.nn.Module, batch: dict) -> dict[str, float
     """Per-layer ROSA gradient norms (``rosa_grad_norms``) of the training loss on one batch; grads are cleared
     before and after, parameters' ``requires_grad`` are those of the module's current stage."""
     from rosa_lightning.callbacks.diagnostics import rosa_grad_norms
-    from rosa_lightning.lit_module import shifted_cross_entropy
+    from rosa_lightning.modeling.losses import shifted_cross_entropy
 
     module.zero_grad(set_to_none=True)
     was_training = module.training

@@ -18,7 +18,7 @@ import torch
 
 
 def run_one(tokens: int, vocab: int, hidden: int, chunk: int, dtype: str) -> dict:
-    from rosa_lightning.lit_module import chunked_next_token_loss, shifted_cross_entropy
+    from rosa_lightning.modeling.losses import chunked_next_token_loss, shifted_cross_entropy
 
     torch.manual_seed(0)  # the same lm_head init in every process
     g = torch.Generator().manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import lightning as L
@@ -12,6 +13,7 @@ from rosa_lightning.data.loading import backbone_reference, load_tokenizer
 from rosa_lightning.fileio import atomic_write_dir, remove_stale_temps
 from rosa_lightning.modeling import save_adapter
 from rosa_lightning.modeling.integrity import check_finite
+from rosa_lightning.modeling.sharding import gather_full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,22 @@ class AdapterExport(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.final_checkpoint = save_final_checkpoint(trainer)
+        # a sharded model (FSDP2) is gathered on every rank (a collective); rank 0 writes what it gathered
+        state = gather_full_state_dict(pl_module.model) if is_sharded(pl_module.model) else None
         if not trainer.is_global_zero:
             return
         kept = f"; the final checkpoint {self.final_checkpoint} is kept" if self.final_checkpoint else ""
         try:
             self.exported = save_adapter(pl_module.model, self.dirpath,
-                                         backbone_trained=bool(getattr(pl_module, "backbone_trained", False)))
+                                         backbone_trained=bool(getattr(pl_module, "backbone_trained", False)),
+                                         state_dict=state)
         except Exception as exc:
             raise ExportError(f"the ROSA adapter could not be written to {self.dirpath} "
                               f"(callbacks.adapter_export.dirpath): {type(exc).__name__}: {exc}{kept}") from exc
         if self.model_dirpath:
             try:
-                self.exported_model = save_merged_model(pl_module.model, self.model_dirpath, run_tokenizer(trainer,
-                                                                                                         pl_module))
+                self.exported_model = save_merged_model(pl_module.model, self.model_dirpath,
+                                                        run_tokenizer(trainer, pl_module), state_dict=state)
             except Exception as exc:
                 raise ExportError(f"the merged model could not be written to {self.model_dirpath} "
                                   f"(callbacks.adapter_export.model_dirpath): {type(exc).__name__}: {exc}{kept}; "
@@ -99,13 +104,17 @@ def run_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         return None
 
 
-def save_merged_model(model: Any, path: str, tokenizer: Any = None) -> Path:
+def save_merged_model(model: Any, path: str, tokenizer: Any = None, state_dict: Optional[Mapping] = None) -> Path:
     """``model.save_pretrained`` (plus ``tokenizer.save_pretrained``) into ``path``, atomically; NaN/inf
-    weights are refused before anything is written."""
-    check_finite(model.state_dict().items(), f"the merged model {path}")
+    weights are refused before anything is written. ``state_dict``: the weights to write instead of the
+    model's own (a sharded model's gathered state dict)."""
+    check_finite((state_dict if state_dict is not None else model.state_dict()).items(), f"the merged model {path}")
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        if state_dict is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=dict(state_dict))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from rosa_lightning.modeling import rosa_layers
+from rosa_lightning.modeling.sharding import full_tensor
 
 STREAMS = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "e0": "e0", "e1": "e1",
            "out": "out_proj.weight"}
@@ -28,7 +29,8 @@ def rosa_grad_norms(model: torch.nn.Module) -> dict[str, float]:
         params = dict(layer.rosa.named_parameters())
         for short, name in STREAMS.items():
             g = params[name].grad
-            out[f"l{i}_{short}"] = float(g.detach().float().norm()) if g is not None else 0.0
+            # a sharded gradient's norm is a collective (every rank runs this hook, in the same order)
+            out[f"l{i}_{short}"] = float(full_tensor(g.detach().float().norm())) if g is not None else 0.0
     return out
 
 

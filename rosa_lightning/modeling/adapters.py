@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -26,15 +27,23 @@ def _resolve(path: Union[str, os.PathLike]) -> Path:
 
 
 def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
-                 backbone_trained: Optional[bool] = None) -> Path:
+                 backbone_trained: Optional[bool] = None,
+                 state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
     """Write the ROSA parameters and config to ``path`` (a .safetensors file, or a directory).
 
     ``backbone_trained``: whether the backbone's weights were trained together with the ROSA parameters
     (stage B); stored so that nobody pairs this adapter with the untrained backbone. Written to a
     temporary file in the same directory, then renamed, so a crash never leaves a truncated adapter
-    behind; non-finite parameters are refused. Returns the file path.
+    behind; non-finite parameters are refused. Returns the file path. ``state_dict``: the tensors to write
+    instead of the model's own (the whole state dict of a sharded model, ``sharding.gather_full_state_dict``).
     """
-    tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
+    if state_dict is None:
+        tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
+    else:
+        missing = [n for n, _ in rosa_named_parameters(model) if n not in state_dict]
+        if missing:
+            raise KeyError(f"state_dict lacks the ROSA parameters {missing[:3]} ({len(missing)} in all)")
+        tensors = {n: state_dict[n] for n, _ in rosa_named_parameters(model)}
     if not tensors:
         raise ValueError("model has no ROSA parameters to save (apply_rosa first)")
     return write_adapter_file(tensors, model.rosa_config, path, backbone_trained=backbone_trained)

@@ -29,6 +29,7 @@ from .branch import RosaBranch, RosaLinear, deferred_init, init_deferred
 from .config import RosaConfig
 from .generate import RosaGenerationMixin
 from .layer import RosaQwen3DecoderLayer
+from .losses import chunked_answer_accuracy, chunked_next_token_loss
 from .parameters import is_rosa_parameter, rosa_layers
 from .token_channel import RosaTokenChannel
 from .windowing import shared_window_masks
@@ -184,8 +185,25 @@ class RosaQwen3ForCausalLM(RosaGenerationMixin, Qwen3ForCausalLM):
                             **kwargs) -> torch.Tensor:
         """The lm_head's input: hidden states [B, T, C] after the final norm (no KV cache), for a loss that
         computes the logits chunk by chunk instead of all [B, T, V] at once."""
+        return self._final_hidden(input_ids, rosa_token_ids, **kwargs)
+
+    def _final_hidden(self, input_ids: torch.Tensor, rosa_token_ids: Optional[torch.Tensor] = None,
+                      **kwargs) -> torch.Tensor:
         input_ids, inputs_embeds = self._channel_inputs(input_ids, None, rosa_token_ids)
         return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state
+
+    def chunked_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, chunk_tokens: int,
+                     rosa_token_ids: Optional[torch.Tensor] = None, answer_mask: Optional[torch.Tensor] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The training loss without [B, T, V] logits: (mean next-token loss over the scored ``labels``, number of
+        scored tokens, answer accuracy or None without ``answer_mask``), from ``losses.chunked_next_token_loss``
+        and ``losses.chunked_answer_accuracy``. One call for the hidden states and the LM head, so that a sharded
+        model (FSDP2, ``sharding.shard_model``) has the head's weights gathered while it computes the loss."""
+        hidden = self._final_hidden(input_ids, rosa_token_ids)
+        loss, n_scored = chunked_next_token_loss(hidden, self.lm_head, labels, chunk_tokens)
+        acc = (None if answer_mask is None else
+               chunked_answer_accuracy(hidden.detach(), self.lm_head, input_ids, answer_mask, chunk_tokens))
+        return loss, n_scored, acc
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, rosa_token_ids=None, **kwargs):

@@ -37,7 +37,8 @@ def test_cpu_rehearsal_runs_every_section(tmp_path):
     assert by("3 step time", "window+rosa layer 1")
     fsdp = [r for r in rows if r["section"] == "4 FSDP"]
     assert fsdp[0]["result"] == "pass"  # the gloo process group
-    assert {r["result"] for r in fsdp[1:]} <= {"pass", "skipped"} and len(fsdp) == 3
+    assert {r["result"] for r in fsdp[1:]} <= {"pass", "skipped"} and len(fsdp) == 5
+    assert [r["result"] for r in fsdp if r["check"] == "FSDP2 vs unwrapped"] == ["pass", "pass"]  # runs on the CPU
     assert not [r for r in rows if r["result"] in ("FAIL", "error")]
     assert "| 3 step time | window+rosa |" in run.stdout
 
@@ -97,7 +98,7 @@ print("imported")
     assert run.returncode == 0 and "imported" in run.stdout, run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("trainer", ["fsdp", "deepspeed"])
+@pytest.mark.parametrize("trainer", ["fsdp", "fsdp2", "deepspeed"])
 def test_sharded_trainer_configs_compose(tmp_path, trainer):
     cfg = compose_cfg(tmp_path, [f"trainer={trainer}"])
     t = cfg.trainer
@@ -105,6 +106,11 @@ def test_sharded_trainer_configs_compose(tmp_path, trainer):
     assert t.precision == "bf16-true"
     if trainer == "deepspeed":
         assert t.strategy == "deepspeed_stage_2"
+        return
+    if trainer == "fsdp2":  # the code path of trainer=fsdp_cpu (tests/framework/test_fsdp_cpu.py)
+        assert t.strategy._target_ == "lightning.pytorch.strategies.ModelParallelStrategy"
+        assert t.strategy.save_distributed_checkpoint is False
+        assert compose_cfg(tmp_path, ["trainer=fsdp_cpu"]).trainer.strategy == t.strategy
         return
     s = t.strategy
     assert s._target_ == "lightning.pytorch.strategies.FSDPStrategy"

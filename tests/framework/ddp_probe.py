@@ -6,10 +6,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from rosa_lightning.modeling.sharding import full_tensor
+
 
 class RankProbe(L.Callback):
     """Writes ``<path>/rank<r>.json``: a hash of every training row this rank saw, per step, and a hash of its
-    final parameters (equal on every rank when gradients were all-reduced)."""
+    final parameters (equal on every rank when gradients were all-reduced; whole tensors under FSDP)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -22,8 +24,8 @@ class RankProbe(L.Callback):
     def on_train_end(self, trainer, pl_module):
         digest = hashlib.sha1()
         for name, p in sorted(pl_module.model.named_parameters()):
-            digest.update(name.encode())
-            digest.update(p.detach().to(torch.float32).cpu().numpy().tobytes())
+            digest.update(name.encode())  # a sharded (FSDP2) parameter is gathered: every rank runs this loop
+            digest.update(full_tensor(p.detach()).to(torch.float32).cpu().numpy().tobytes())
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(
             {"rows": self.rows, "params": digest.hexdigest(), "stage": pl_module.stage,

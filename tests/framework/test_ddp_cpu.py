@@ -1,43 +1,14 @@
 """Two processes on the CPU (trainer=ddp_cpu, gloo) through train.py, as a user runs it: ROSA layers and the token
 channel on, distributed sampling, one set of checkpoints, exact resume, and the stage A -> B switch on both ranks."""
-import csv
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-COMMON = ["trainer=ddp_cpu", "logger=csv", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
-          "data.batch_size=4", "data.source.num_train=64", "data.seq_len=64", "data.source.task.num_pairs=4",
-          "callbacks.model_checkpoint.every_n_train_steps=4", "trainer.max_epochs=4",
-          "model.scheduler.warmup_steps=1"]
-
-STOP_AT_5 = ["+callbacks.stop._target_=tests.framework.ddp_probe.StopAtStep", "+callbacks.stop.step=5"]
+from tests.framework.multiproc import STOP_AT_5, losses as _losses, probe as _probe, run_train
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def _run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """``python train.py`` with two ranks; the probe callback records each rank's rows and final weights."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), *COMMON, f"hydra.run.dir={run_dir}",
-           "+callbacks.probe._target_=tests.framework.ddp_probe.RankProbe", f"+callbacks.probe.path={run_dir}/probe",
-           *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-def _probe(run_dir: Path) -> list[dict]:
-    return [json.loads((run_dir / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
-    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+def _run(run_dir, *overrides):
+    return run_train("ddp_cpu", run_dir, *overrides)
 
 
 def test_two_ranks_share_the_rows_and_write_one_run(tmp_path):
