@@ -139,6 +139,7 @@ class RosaLitModule(L.LightningModule):
         # Every rank counts the same tokens (batch size x world size per step), so all of them switch at this step.
         strategy = self.trainer.strategy
         wrapped = isinstance(strategy.model, DistributedDataParallel)
+        # setup() refuses these before training; a run resumed into stage A from a checkpoint is checked here
         check_switch_supported(strategy, self.trainer.world_size)
         self.stage = "B"
         self.backbone_trained = True

@@ -3,8 +3,8 @@ Hugging Face model directory, in that order, so a failing export never costs the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -111,10 +111,7 @@ def save_merged_model(model: Any, path: str, tokenizer: Any = None, state_dict: 
     check_finite((state_dict if state_dict is not None else model.state_dict()).items(), f"the merged model {path}")
 
     def write(tmp: Path) -> None:
-        if state_dict is None:
-            model.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp, state_dict=dict(state_dict))
+        model.save_pretrained(tmp, state_dict=None if state_dict is None else dict(state_dict))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 

@@ -37,13 +37,12 @@ def save_adapter(model: torch.nn.Module, path: Union[str, os.PathLike],
     behind; non-finite parameters are refused. Returns the file path. ``state_dict``: the tensors to write
     instead of the model's own (the whole state dict of a sharded model, ``sharding.gather_full_state_dict``).
     """
-    if state_dict is None:
-        tensors = {n: p.detach().cpu().contiguous() for n, p in rosa_named_parameters(model)}
-    else:
-        missing = [n for n, _ in rosa_named_parameters(model) if n not in state_dict]
+    tensors = dict(rosa_named_parameters(model))
+    if state_dict is not None:
+        missing = [n for n in tensors if n not in state_dict]
         if missing:
             raise KeyError(f"state_dict lacks the ROSA parameters {missing[:3]} ({len(missing)} in all)")
-        tensors = {n: state_dict[n] for n, _ in rosa_named_parameters(model)}
+        tensors = {n: state_dict[n] for n in tensors}
     if not tensors:
         raise ValueError("model has no ROSA parameters to save (apply_rosa first)")
     return write_adapter_file(tensors, model.rosa_config, path, backbone_trained=backbone_trained)

@@ -8,7 +8,7 @@ and adapter export. ``final_hidden_states`` and ``chunked_loss`` (the memory-lea
 itself) are registered as forward methods, so the root's parameters are gathered for them as for ``forward``.
 
 Lightning runs this through ``ModelParallelStrategy`` (``trainer=fsdp_cpu``, ``trainer=fsdp2``):
-``RosaLitModule.configure_model`` calls ``shard_model`` with the strategy's data-parallel mesh.
+``RosaLitModule.configure_model`` calls ``shard_model`` with a 1-D mesh over all ranks.
 """
 from __future__ import annotations
 
@@ -31,12 +31,6 @@ def is_sharded(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is a DTensor (the model went through ``shard_model``)."""
     dtensor = _dtensor_type()
     return dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters())
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor, the tensor itself otherwise."""
-    dtensor = _dtensor_type()
-    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
