@@ -34,9 +34,26 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warm-steps", type=int, default=0, help="steps on --warm-lo..--warm-hi blocks first")
     p.add_argument("--warm-lo", type=int, default=8)
     p.add_argument("--warm-hi", type=int, default=32)
+    p.add_argument("--tie", action="store_true", help="tie the LM head to the embeddings (as pretrain_code does)")
+    p.add_argument("--qk-norm-init", type=float, default=1.0,
+                   help="initial weight of the query/key RMSNorms (1 = HF default; caps the first attention logits)")
+    p.add_argument("--warm-vocab", type=int, default=0, help="ids drawn during the --warm-steps (0: --vocab)")
+    p.add_argument("--schedule", default="",
+                   help="curriculum before the main phase: comma-separated vocab:lo:hi:steps[:T] stages (ids, "
+                        "block lengths, steps, row length: --T unless given), e.g. 64:8:32:300:128,512:8:32:200")
     p.add_argument("--minutes", type=float, default=40.0, help="stop after this much wall time")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
+    try:
+        a.stages = [tuple(int(v) for v in st.split(":")) for st in a.schedule.split(",") if st]
+        assert all(len(st) in (4, 5) for st in a.stages)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--schedule takes vocab:lo:hi:steps[:T] stages separated by commas, got {a.schedule!r}")
+    a.stages = [st if len(st) == 5 else st + (a.T,) for st in a.stages]
+    for v, lo, hi, n, T in a.stages:
+        if not (1 <= v <= a.vocab and 1 <= lo <= hi < T <= a.T and n >= 1):
+            raise SystemExit(f"schedule stage {v}:{lo}:{hi}:{n}:{T} needs 1 <= vocab <= --vocab={a.vocab}, "
+                             f"1 <= lo <= hi < T <= --T={a.T} and steps >= 1")
     for lo, hi in [(a.lo, a.hi)] + ([(a.warm_lo, a.warm_hi)] if a.warm_steps else []):
         if not 1 <= lo <= hi < a.T:
             raise SystemExit(f"block lengths must satisfy 1 <= lo <= hi < T={a.T}, got lo={lo}, hi={hi}")
@@ -52,6 +69,19 @@ def copy_rows(n: int, T: int, vocab: int, lo: int, hi: int, g: torch.Generator) 
     return out
 
 
+def phase(a: argparse.Namespace, step: int) -> tuple[int, int, int, int]:
+    """(row length, ids, shortest block, longest block) drawn at ``step``: the warm-up, then the schedule's
+    stages, then the main phase."""
+    if step < a.warm_steps:
+        return a.T, a.warm_vocab or a.vocab, a.warm_lo, a.warm_hi
+    step -= a.warm_steps
+    for vocab, lo, hi, n, T in a.stages:
+        if step < n:
+            return T, vocab, lo, hi
+        step -= n
+    return a.T, a.vocab, a.lo, a.hi
+
+
 def copied_loss(model, ids: torch.Tensor, hi: int) -> float:
     logits = model(input_ids=ids).logits[:, hi - 1:-1]
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, hi:].flatten()).item()
@@ -63,8 +93,12 @@ def main(argv=None) -> list[tuple[int, float]]:
     torch.set_num_threads(a.threads)
     cfg = Qwen3Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
-                      head_dim=a.hidden // a.heads, max_position_embeddings=a.T, tie_word_embeddings=False)
+                      head_dim=a.hidden // a.heads, max_position_embeddings=a.T, tie_word_embeddings=a.tie)
     model = Qwen3ForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.fill_(a.qk_norm_init)
+            layer.self_attn.k_norm.weight.fill_(a.qk_norm_init)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(1)
     held = copy_rows(64, a.T, a.vocab, a.lo, a.hi, torch.Generator().manual_seed(2))
@@ -73,16 +107,20 @@ def main(argv=None) -> list[tuple[int, float]]:
     for step in range(a.steps + 1):
         if step % a.every == 0 or step == a.steps:
             model.eval()
+            now, main_phase = phase(a, step), (a.T, a.vocab, a.lo, a.hi)
             with torch.no_grad():
                 curve.append((step, copied_loss(model, held, a.hi)))
+                if now != main_phase:   # also on rows of the phase being trained
+                    own = copied_loss(model, copy_rows(64, *now, torch.Generator().manual_seed(3)), now[3])
             model.train()
-            print(f"step {step} copied-token loss {curve[-1][1]:.3f} ({time.time() - t0:.0f} s)", flush=True)
+            extra = f"; on the current phase (T, ids, lo, hi) {now}: {own:.3f}" if now != main_phase else ""
+            print(f"step {step} copied-token loss {curve[-1][1]:.3f}{extra} ({time.time() - t0:.0f} s)", flush=True)
         if step == a.steps or time.time() - t0 > a.minutes * 60:
             break
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / 50)
-        lo, hi = (a.warm_lo, a.warm_hi) if step < a.warm_steps else (a.lo, a.hi)
-        ids = copy_rows(a.B, a.T, a.vocab, lo, hi, g)
+        T_now = phase(a, step)[0]
+        ids = copy_rows(a.B * a.T // T_now, *phase(a, step), g)   # the same tokens per step at any row length
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(),
                                                  ids[:, 1:].flatten())
         opt.zero_grad()

@@ -46,9 +46,24 @@ def load_run_module(run_dir: Path):
     import hydra
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "checkpoints/last.ckpt"):
+        where = run_dir / (".hydra/" + name if name.endswith(".yaml") else name)
+        if not where.is_file():
+            raise FileNotFoundError(f"load_run_module: {run_dir} is not a finished train.py run folder "
+                                    f"(expected {where})")
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    # ``paths`` reads Hydra's runtime config (${hydra:runtime.cwd}), which exists only inside a Hydra app: fill it
+    # from the run's own record of it (hydra.yaml) or, without one, from this process.
+    saved = run_dir / ".hydra" / "hydra.yaml"
+    runtime = OmegaConf.load(saved).hydra.runtime if saved.is_file() else None
+    cwd = str(runtime.cwd) if runtime is not None else str(Path.cwd())
+    if "paths" in cfg:
+        cfg.paths.root_dir = cwd
+        cfg.paths.work_dir = cwd
+        cfg.paths.output_dir = str(run_dir.resolve())
     module = hydra.utils.instantiate(cfg.model)
-    ckpt = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(ckpt["state_dict"])
     return module, cfg
 

@@ -233,6 +233,7 @@ class RepeatRows(Dataset):
         code = pack_rows(source.corpus.documents("test"), seq_len)
         rng = np.random.default_rng(seed)
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.first: list[torch.Tensor] = []  # kind "repeat": labels on the first copy of the block instead
         for _ in range(50 * n):
             if len(self.rows) == n:
                 break
@@ -249,6 +250,8 @@ class RepeatRows(Dataset):
             at = len(filler) + 1  # row position of the task's first token
             labels[at + inside[0]: at + inside[-1] + 1] = row[at + inside[0]: at + inside[-1] + 1]
             self.rows.append((row, labels))
+            if kind == "repeat":  # the first copy: the earliest run of the second copy's tokens less its edges
+                self.first.append(first_copy(row, labels))
         if len(self.rows) < n:
             raise RuntimeError(f"RepeatRows: built {len(self.rows)} of {n} rows of {seq_len} tokens")
 
@@ -258,6 +261,23 @@ class RepeatRows(Dataset):
     def __getitem__(self, index: int) -> dict:
         row, labels = self.rows[index]
         return {"input_ids": row, "labels": labels, "answer_mask": labels != -100}
+
+
+def first_copy(row: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Labels on the earliest occurrence, before the scored run of ``labels``, of that run's tokens less its first
+    and last (where BPE may split the two copies differently); all -100 when there is none."""
+    scored = (labels != -100).nonzero().flatten()
+    out = torch.full_like(row, -100)
+    core = row[scored[1]: scored[-1]]
+    n = len(core)
+    if n == 0:
+        return out
+    windows = row[: int(scored[0])].unfold(0, n, 1) if int(scored[0]) >= n else row[:0].view(0, n)
+    hits = (windows == core).all(dim=1).nonzero().flatten()
+    if len(hits):
+        at = int(hits[0])
+        out[at: at + n] = core
+    return out
 
 
 def second_copy(text: str, kind: str) -> tuple[int, int]:

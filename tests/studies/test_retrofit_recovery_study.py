@@ -77,3 +77,58 @@ def test_repeat_rows_score_only_the_second_copy(tmp_path, kind):
         assert block and block in before, "the scored block does not occur earlier in the row"
         start = before.rindex(block)
         assert len(source.tokenizer(before[start:], add_special_tokens=False)["input_ids"]) > s["window"]
+
+
+def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path):
+    """``RepeatRows.first`` (kind ``repeat``): the second copy's tokens less its edges, found earlier in the row
+    (in most rows: BPE may split the first copy differently), as one run before the second copy."""
+    import hydra
+
+    from experiments.retrofit_recovery import run as study
+
+    s = study.settings(True, tmp_path / "logs")
+    cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], tmp_path / "scratch")
+    rows = study.RepeatRows(hydra.utils.instantiate(cfg.data.source), 4, s["seq_len"])
+    assert len(rows.first) == len(rows.rows)
+    found = 0
+    for (ids, second), first in zip(rows.rows, rows.first):
+        a = (first != -100).nonzero().flatten().tolist()
+        b = (second != -100).nonzero().flatten().tolist()
+        found += bool(a)
+        if a:
+            assert a == list(range(a[0], a[-1] + 1)) and a[-1] < b[0] and len(a) == len(b) - 2
+            assert ids[a].tolist() == ids[b[1:-1]].tolist() == first[a].tolist()
+    assert found >= 3
+
+
+def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
+    """``load_run_module`` rebuilds a run from its ``.hydra`` record, whose ``paths`` hold ``${hydra:...}`` keys
+    that only resolve inside a Hydra app, and ``repeat_probe`` scores both copies with it."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from experiments.retrofit_recovery import repeat_probe
+    from experiments.retrofit_recovery import run as study
+    from experiments.retrofit_recovery.export_backbone import load_run_module
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="not a finished train.py run folder"):
+        load_run_module(run_dir)
+    s = study.settings(True, tmp_path / "logs")
+    cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], run_dir)
+    module = hydra.utils.instantiate(cfg.model)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    torch_save = __import__("torch").save
+    torch_save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    saved = OmegaConf.to_container(cfg, resolve=False)
+    saved["paths"].update(root_dir="${hydra:runtime.cwd}", output_dir="${hydra:runtime.output_dir}",
+                          work_dir="${hydra:runtime.cwd}")   # as train.py writes it
+    OmegaConf.save(OmegaConf.create(saved), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"cwd": str(ROOT), "output_dir": str(run_dir)}}}),
+                   run_dir / ".hydra" / "hydra.yaml")
+    loaded, _ = load_run_module(run_dir)
+    name, value = next(iter(module.state_dict().items()))
+    assert bool((loaded.state_dict()[name] == value).all())
+    first, second = repeat_probe.main([str(run_dir), "--rows", "2"])
+    assert math.isfinite(first) and math.isfinite(second) and first > 0 and second > 0

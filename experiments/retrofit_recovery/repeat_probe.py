@@ -1,0 +1,62 @@
+"""Does a pretrained run copy? Loss on the second copy of a repeated block of held-out code against the first.
+
+Rows are the study's ``RepeatRows`` (a block of test-split code, other code, the block again, after filler code,
+``--seq-len`` tokens). A model that copies from its context predicts the second copy far better than the first;
+one that does not scores them alike. Prints both mean losses and their difference, e.g.::
+
+    python -m experiments.retrofit_recovery.repeat_probe logs/pretrain_code/runs/<time>
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def copy_losses(model, rows) -> tuple[float, float]:
+    """Mean next-token loss of ``model`` on the first and on the second copy over ``rows`` (a ``RepeatRows``), on
+    the same tokens in both (the second copy less its edge tokens; rows without such a first copy are left out)."""
+    totals = {"first": [0.0, 0], "second": [0.0, 0]}
+    model.eval()
+    with torch.no_grad():
+        for (ids, second), first in zip(rows.rows, rows.first):
+            if not (first != -100).any():
+                continue
+            logits = model(input_ids=ids[None]).logits[0, :-1].float()
+            core = second.clone()   # the second copy's scored tokens that the first copy holds too
+            scored = (second != -100).nonzero().flatten()
+            core[scored[0]] = core[scored[-1]] = -100
+            for name, labels in (("first", first), ("second", core)):
+                target = labels[1:]
+                keep = target != -100
+                loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+                totals[name][0] += float(loss)
+                totals[name][1] += int(keep.sum())
+    if not totals["first"][1]:
+        raise ValueError("copy_losses: no row holds its block's tokens twice")
+    return totals["first"][0] / totals["first"][1], totals["second"][0] / totals["second"][1]
+
+
+def main(argv=None) -> tuple[float, float]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a finished experiment=pretrain_code run folder")
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=None, help="row length (default: the run's data.seq_len)")
+    a = p.parse_args(argv)
+    import hydra
+
+    from experiments.retrofit_recovery.export_backbone import load_run_module
+    from experiments.retrofit_recovery.run import RepeatRows
+
+    module, cfg = load_run_module(a.run_dir)
+    source = hydra.utils.instantiate(cfg.data.source)
+    rows = RepeatRows(source, a.rows, a.seq_len or int(cfg.data.seq_len))
+    first, second = copy_losses(module.model, rows)
+    print(f"{a.run_dir}: {a.rows} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the first copy "
+          f"{first:.3f}, on the second {second:.3f} (second - first {second - first:+.3f})")
+    return first, second
+
+
+if __name__ == "__main__":
+    main()
