@@ -4,7 +4,9 @@ A plain training loop (no framework) on the cleanest copying data: each row is o
 tokens from ``vocab`` ids, repeated to fill the row, so every position from ``hi`` on is a copy and, since the
 block length varies, a fixed look-back offset cannot predict it. Prints the loss on those positions of 64 held-out
 rows every ``--every`` steps (uniform: ln vocab). ``--warm-steps`` trains on other block lengths first
-(``--warm-lo``, ``--warm-hi``). The README's "Probes" table comes from it, e.g.:
+(``--warm-lo``, ``--warm-hi``); ``--schedule`` runs a curriculum of stages (ids, block lengths, row length) before
+the main phase; ``--row-ids`` limits each training row to a random subset of the ids. The README's "Probes"
+tables come from it, e.g.:
 
     python -m experiments.retrofit_recovery.copy_probe --steps 400 --every 100 --vocab 256
 """
@@ -37,10 +39,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tie", action="store_true", help="tie the LM head to the embeddings (as pretrain_code does)")
     p.add_argument("--qk-norm-init", type=float, default=1.0,
                    help="initial weight of the query/key RMSNorms (1 = HF default; caps the first attention logits)")
+    p.add_argument("--embed-std", type=float, default=0.0,
+                   help="initial std of the embeddings and LM head (0: HF's initializer_range, 0.02)")
     p.add_argument("--warm-vocab", type=int, default=0, help="ids drawn during the --warm-steps (0: --vocab)")
     p.add_argument("--schedule", default="",
                    help="curriculum before the main phase: comma-separated vocab:lo:hi:steps[:T] stages (ids, "
                         "block lengths, steps, row length: --T unless given), e.g. 64:8:32:300:128,512:8:32:200")
+    p.add_argument("--row-ids", type=int, default=0,
+                   help="training rows draw their block from a random subset of this many of the phase's ids "
+                        "(0: all of them); held-out rows always draw from all --vocab ids")
     p.add_argument("--minutes", type=float, default=40.0, help="stop after this much wall time")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
@@ -54,18 +61,26 @@ def parse(argv=None) -> argparse.Namespace:
         if not (1 <= v <= a.vocab and 1 <= lo <= hi < T <= a.T and n >= 1):
             raise SystemExit(f"schedule stage {v}:{lo}:{hi}:{n}:{T} needs 1 <= vocab <= --vocab={a.vocab}, "
                              f"1 <= lo <= hi < T <= --T={a.T} and steps >= 1")
+    if a.row_ids < 0:
+        raise SystemExit(f"--row-ids must be >= 0 (0: every id), got {a.row_ids}")
     for lo, hi in [(a.lo, a.hi)] + ([(a.warm_lo, a.warm_hi)] if a.warm_steps else []):
         if not 1 <= lo <= hi < a.T:
             raise SystemExit(f"block lengths must satisfy 1 <= lo <= hi < T={a.T}, got lo={lo}, hi={hi}")
     return a
 
 
-def copy_rows(n: int, T: int, vocab: int, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
-    """[n, T] rows, each one random block of U[lo, hi] tokens repeated."""
+def copy_rows(n: int, T: int, vocab: int, lo: int, hi: int, g: torch.Generator, row_ids: int = 0) -> torch.Tensor:
+    """[n, T] rows, each one random block of U[lo, hi] tokens repeated; with ``row_ids`` (< vocab) a row's tokens
+    come from a random subset of that many of the ``vocab`` ids."""
     out = torch.empty(n, T, dtype=torch.long)
     for i in range(n):
         length = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        out[i] = torch.randint(0, vocab, (length,), generator=g).repeat(T // length + 1)[:T]
+        if 0 < row_ids < vocab:
+            ids = torch.randperm(vocab, generator=g)[:row_ids]
+            block = ids[torch.randint(0, row_ids, (length,), generator=g)]
+        else:
+            block = torch.randint(0, vocab, (length,), generator=g)
+        out[i] = block.repeat(T // length + 1)[:T]
     return out
 
 
@@ -99,6 +114,10 @@ def main(argv=None) -> list[tuple[int, float]]:
         for layer in model.model.layers:
             layer.self_attn.q_norm.weight.fill_(a.qk_norm_init)
             layer.self_attn.k_norm.weight.fill_(a.qk_norm_init)
+        if a.embed_std > 0:
+            model.model.embed_tokens.weight.normal_(0.0, a.embed_std)
+            if not a.tie:
+                model.lm_head.weight.normal_(0.0, a.embed_std)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(1)
     held = copy_rows(64, a.T, a.vocab, a.lo, a.hi, torch.Generator().manual_seed(2))
@@ -110,17 +129,20 @@ def main(argv=None) -> list[tuple[int, float]]:
             now, main_phase = phase(a, step), (a.T, a.vocab, a.lo, a.hi)
             with torch.no_grad():
                 curve.append((step, copied_loss(model, held, a.hi)))
-                if now != main_phase:   # also on rows of the phase being trained
-                    own = copied_loss(model, copy_rows(64, *now, torch.Generator().manual_seed(3)), now[3])
+                if now != main_phase or a.row_ids:   # also on rows like those being trained
+                    own = copied_loss(model, copy_rows(64, *now, torch.Generator().manual_seed(3), a.row_ids),
+                                      now[3])
             model.train()
-            extra = f"; on the current phase (T, ids, lo, hi) {now}: {own:.3f}" if now != main_phase else ""
+            extra = (f"; on the current phase (T, ids, lo, hi) {now}"
+                     + (f" ({a.row_ids} ids a row)" if a.row_ids else "") + f": {own:.3f}"
+                     if now != main_phase or a.row_ids else "")
             print(f"step {step} copied-token loss {curve[-1][1]:.3f}{extra} ({time.time() - t0:.0f} s)", flush=True)
         if step == a.steps or time.time() - t0 > a.minutes * 60:
             break
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / 50)
         T_now = phase(a, step)[0]
-        ids = copy_rows(a.B * a.T // T_now, *phase(a, step), g)   # the same tokens per step at any row length
+        ids = copy_rows(a.B * a.T // T_now, *phase(a, step), g, a.row_ids)   # the same tokens per step at any row length
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(),
                                                  ids[:, 1:].flatten())
         opt.zero_grad()

@@ -41,8 +41,9 @@ def export_backbone(module: Any, tokenizer: Any, out_dir: Path) -> Path:
     return save_merged_model(plain, str(out_dir), tokenizer)
 
 
-def load_run_module(run_dir: Path):
-    """The ``RosaLitModule`` of a finished run: its Hydra config and ``checkpoints/last.ckpt``."""
+def load_run_module(run_dir: Path, overrides: dict | None = None):
+    """The ``RosaLitModule`` of a finished run: its Hydra config and ``checkpoints/last.ckpt``; ``overrides``
+    (dotted key -> value, e.g. ``{"model.rosa.window": 64}``) change the config before the module is built."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -62,6 +63,10 @@ def load_run_module(run_dir: Path):
         cfg.paths.root_dir = cwd
         cfg.paths.work_dir = cwd
         cfg.paths.output_dir = str(run_dir.resolve())
+    for key, value in (overrides or {}).items():
+        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            raise KeyError(f"load_run_module: the run's config has no key {key!r}")
+        OmegaConf.update(cfg, key, value)
     module = hydra.utils.instantiate(cfg.model)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(ckpt["state_dict"])

@@ -1,7 +1,7 @@
 """Does a pretrained run copy? Loss on the second copy of a repeated block of held-out code against the first.
 
 Rows are the study's ``RepeatRows`` (a block of test-split code, other code, the block again, after filler code,
-``--seq-len`` tokens). A model that copies from its context predicts the second copy far better than the first;
+``--seq-len`` tokens; ``--kind digest``: a block of random digests instead). A model that copies from its context predicts the second copy far better than the first;
 one that does not scores them alike. Prints both mean losses and their difference, e.g.::
 
     python -m experiments.retrofit_recovery.repeat_probe logs/pretrain_code/runs/<time>
@@ -42,6 +42,10 @@ def main(argv=None) -> tuple[float, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="a finished experiment=pretrain_code run folder")
     p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--kind", choices=("repeat", "digest"), default="repeat",
+                   help="a block of code repeated, or a block of random digests repeated under another header")
+    p.add_argument("--window", type=int, default=None,
+                   help="score the run converted to this attention window (its global_layers stay global)")
     p.add_argument("--seq-len", type=int, default=None, help="row length (default: the run's data.seq_len)")
     a = p.parse_args(argv)
     import hydra
@@ -49,11 +53,12 @@ def main(argv=None) -> tuple[float, float]:
     from experiments.retrofit_recovery.export_backbone import load_run_module
     from experiments.retrofit_recovery.run import RepeatRows
 
-    module, cfg = load_run_module(a.run_dir)
+    module, cfg = load_run_module(a.run_dir, None if a.window is None else {"model.rosa.window": a.window})
     source = hydra.utils.instantiate(cfg.data.source)
-    rows = RepeatRows(source, a.rows, a.seq_len or int(cfg.data.seq_len))
+    rows = RepeatRows(source, a.rows, a.seq_len or int(cfg.data.seq_len), kind=a.kind)
     first, second = copy_losses(module.model, rows)
-    print(f"{a.run_dir}: {a.rows} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the first copy "
+    where = "global" if a.window is None else f"window {a.window}"
+    print(f"{a.run_dir} ({where}): {a.rows} {a.kind} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the first copy "
           f"{first:.3f}, on the second {second:.3f} (second - first {second - first:+.3f})")
     return first, second
 

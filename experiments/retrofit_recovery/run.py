@@ -233,7 +233,7 @@ class RepeatRows(Dataset):
         code = pack_rows(source.corpus.documents("test"), seq_len)
         rng = np.random.default_rng(seed)
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.first: list[torch.Tensor] = []  # kind "repeat": labels on the first copy of the block instead
+        self.first: list[torch.Tensor] = []  # labels on the first copy of the block instead
         for _ in range(50 * n):
             if len(self.rows) == n:
                 break
@@ -250,8 +250,7 @@ class RepeatRows(Dataset):
             at = len(filler) + 1  # row position of the task's first token
             labels[at + inside[0]: at + inside[-1] + 1] = row[at + inside[0]: at + inside[-1] + 1]
             self.rows.append((row, labels))
-            if kind == "repeat":  # the first copy: the earliest run of the second copy's tokens less its edges
-                self.first.append(first_copy(row, labels))
+            self.first.append(first_copy(row, labels))  # the earliest run of the second copy's tokens less its edges
         if len(self.rows) < n:
             raise RuntimeError(f"RepeatRows: built {len(self.rows)} of {n} rows of {seq_len} tokens")
 
@@ -268,10 +267,10 @@ def first_copy(row: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     and last (where BPE may split the two copies differently); all -100 when there is none."""
     scored = (labels != -100).nonzero().flatten()
     out = torch.full_like(row, -100)
+    if len(scored) < 3:
+        return out
     core = row[scored[1]: scored[-1]]
     n = len(core)
-    if n == 0:
-        return out
     windows = row[: int(scored[0])].unfold(0, n, 1) if int(scored[0]) >= n else row[:0].view(0, n)
     hits = (windows == core).all(dim=1).nonzero().flatten()
     if len(hits):

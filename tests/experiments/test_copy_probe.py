@@ -50,3 +50,14 @@ def test_a_short_row_stage_keeps_the_tokens_per_step_and_prints_its_own_loss(cap
 def test_bad_schedules_are_refused(schedule, match):
     with pytest.raises(SystemExit, match=match):
         copy_probe.parse(["--vocab", "64", "--T", "128", "--schedule", schedule])
+
+
+def test_row_ids_limit_each_row_to_a_subset_of_the_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    rows = copy_probe.copy_rows(50, 64, 1000, 30, 40, g, row_ids=5)
+    assert all(len(set(r.tolist())) <= 5 for r in rows)
+    assert len(set(rows.flatten().tolist())) > 100   # different rows draw different subsets
+    every = copy_probe.copy_rows(50, 64, 1000, 30, 40, torch.Generator().manual_seed(0))
+    assert max(len(set(r.tolist())) for r in every) > 5
+    with pytest.raises(SystemExit, match="--row-ids"):
+        copy_probe.parse(["--row-ids", "-1"])

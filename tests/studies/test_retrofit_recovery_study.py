@@ -79,7 +79,8 @@ def test_repeat_rows_score_only_the_second_copy(tmp_path, kind):
         assert len(source.tokenizer(before[start:], add_special_tokens=False)["input_ids"]) > s["window"]
 
 
-def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path):
+@pytest.mark.parametrize("kind", ["repeat", "digest"])
+def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path, kind):
     """``RepeatRows.first`` (kind ``repeat``): the second copy's tokens less its edges, found earlier in the row
     (in most rows: BPE may split the first copy differently), as one run before the second copy."""
     import hydra
@@ -88,7 +89,7 @@ def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path):
 
     s = study.settings(True, tmp_path / "logs")
     cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], tmp_path / "scratch")
-    rows = study.RepeatRows(hydra.utils.instantiate(cfg.data.source), 4, s["seq_len"])
+    rows = study.RepeatRows(hydra.utils.instantiate(cfg.data.source), 4, s["seq_len"], kind=kind)
     assert len(rows.first) == len(rows.rows)
     found = 0
     for (ids, second), first in zip(rows.rows, rows.first):
@@ -131,4 +132,28 @@ def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
     name, value = next(iter(module.state_dict().items()))
     assert bool((loaded.state_dict()[name] == value).all())
     first, second = repeat_probe.main([str(run_dir), "--rows", "2"])
+    assert math.isfinite(repeat_probe.main([str(run_dir), "--rows", "2", "--kind", "digest"])[1])
+    # converted to a window: the layers after the global ones attend to 4 tokens, so the scores change
+    windowed, _ = load_run_module(run_dir, {"model.rosa.window": 4})
+    assert set(windowed.state_dict()) == set(loaded.state_dict())
+    assert repeat_probe.main([str(run_dir), "--rows", "2", "--window", "4"]) != (first, second)
+    with pytest.raises(KeyError, match="no key"):
+        load_run_module(run_dir, {"model.rosa.no_such_key": 1})
     assert math.isfinite(first) and math.isfinite(second) and first > 0 and second > 0
+
+
+def test_first_copy_finds_the_earliest_run_of_the_scored_core():
+    import torch
+
+    from experiments.retrofit_recovery.run import first_copy
+
+    row = torch.tensor([9, 1, 2, 3, 4, 8, 1, 2, 3, 4, 7, 5, 2, 3, 4, 6])
+    labels = torch.full_like(row, -100)
+    labels[11:16] = row[11:16]               # scored 5 2 3 4 6: core 2 3 4, first seen at 2..4
+    assert first_copy(row, labels).tolist() == [-100, -100, 2, 3, 4] + [-100] * 11
+    labels[:] = -100
+    labels[14:16] = row[14:16]               # two scored tokens: no core
+    assert (first_copy(row, labels) == -100).all()
+    labels[:] = -100
+    labels[1:6] = row[1:6]                   # nothing before the scored run
+    assert (first_copy(row, labels) == -100).all()
