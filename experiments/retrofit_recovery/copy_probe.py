@@ -126,23 +126,22 @@ def main(argv=None) -> list[tuple[int, float]]:
     for step in range(a.steps + 1):
         if step % a.every == 0 or step == a.steps:
             model.eval()
-            now, main_phase = phase(a, step), (a.T, a.vocab, a.lo, a.hi)
+            now, extra = phase(a, step), ""
             with torch.no_grad():
                 curve.append((step, copied_loss(model, held, a.hi)))
-                if now != main_phase or a.row_ids:   # also on rows like those being trained
+                if now != (a.T, a.vocab, a.lo, a.hi) or a.row_ids:   # also on rows like those being trained
                     own = copied_loss(model, copy_rows(64, *now, torch.Generator().manual_seed(3), a.row_ids),
                                       now[3])
+                    subset = f" ({a.row_ids} ids a row)" if a.row_ids else ""
+                    extra = f"; on the current phase (T, ids, lo, hi) {now}{subset}: {own:.3f}"
             model.train()
-            extra = (f"; on the current phase (T, ids, lo, hi) {now}"
-                     + (f" ({a.row_ids} ids a row)" if a.row_ids else "") + f": {own:.3f}"
-                     if now != main_phase or a.row_ids else "")
             print(f"step {step} copied-token loss {curve[-1][1]:.3f}{extra} ({time.time() - t0:.0f} s)", flush=True)
         if step == a.steps or time.time() - t0 > a.minutes * 60:
             break
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / 50)
-        T_now = phase(a, step)[0]
-        ids = copy_rows(a.B * a.T // T_now, *phase(a, step), g, a.row_ids)   # the same tokens per step at any row length
+        now = phase(a, step)
+        ids = copy_rows(a.B * a.T // now[0], *now, g, a.row_ids)   # the same tokens per step at any row length
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(),
                                                  ids[:, 1:].flatten())
         opt.zero_grad()

@@ -48,8 +48,7 @@ def load_run_module(run_dir: Path, overrides: dict | None = None):
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "checkpoints/last.ckpt"):
-        where = run_dir / (".hydra/" + name if name.endswith(".yaml") else name)
+    for where in (run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"):
         if not where.is_file():
             raise FileNotFoundError(f"load_run_module: {run_dir} is not a finished train.py run folder "
                                     f"(expected {where})")

@@ -1,8 +1,9 @@
 """Does a pretrained run copy? Loss on the second copy of a repeated block of held-out code against the first.
 
 Rows are the study's ``RepeatRows`` (a block of test-split code, other code, the block again, after filler code,
-``--seq-len`` tokens; ``--kind digest``: a block of random digests instead). A model that copies from its context predicts the second copy far better than the first;
-one that does not scores them alike. Prints both mean losses and their difference, e.g.::
+``--seq-len`` tokens; ``--kind digest``: a block of random digests instead). A model that copies from its context
+predicts the second copy far better than the first; one that does not scores them alike. Prints both mean losses
+and their difference, e.g.::
 
     python -m experiments.retrofit_recovery.repeat_probe logs/pretrain_code/runs/<time>
 """
@@ -16,18 +17,18 @@ import torch
 
 def copy_losses(model, rows) -> tuple[float, float]:
     """Mean next-token loss of ``model`` on the first and on the second copy over ``rows`` (a ``RepeatRows``), on
-    the same tokens in both (the second copy less its edge tokens; rows without such a first copy are left out)."""
+    the same tokens in both (``copy_core`` of the second copy; rows without such a first copy are left out)."""
+    from experiments.retrofit_recovery.run import copy_core, first_copy
+
     totals = {"first": [0.0, 0], "second": [0.0, 0]}
     model.eval()
     with torch.no_grad():
-        for (ids, second), first in zip(rows.rows, rows.first):
+        for ids, second in rows.rows:
+            first = first_copy(ids, second)
             if not (first != -100).any():
                 continue
             logits = model(input_ids=ids[None]).logits[0, :-1].float()
-            core = second.clone()   # the second copy's scored tokens that the first copy holds too
-            scored = (second != -100).nonzero().flatten()
-            core[scored[0]] = core[scored[-1]] = -100
-            for name, labels in (("first", first), ("second", core)):
+            for name, labels in (("first", first), ("second", copy_core(second))):
                 target = labels[1:]
                 keep = target != -100
                 loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
@@ -58,8 +59,8 @@ def main(argv=None) -> tuple[float, float]:
     rows = RepeatRows(source, a.rows, a.seq_len or int(cfg.data.seq_len), kind=a.kind)
     first, second = copy_losses(module.model, rows)
     where = "global" if a.window is None else f"window {a.window}"
-    print(f"{a.run_dir} ({where}): {a.rows} {a.kind} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the first copy "
-          f"{first:.3f}, on the second {second:.3f} (second - first {second - first:+.3f})")
+    print(f"{a.run_dir} ({where}): {a.rows} {a.kind} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the "
+          f"first copy {first:.3f}, on the second {second:.3f} (second - first {second - first:+.3f})")
     return first, second
 
 

@@ -233,7 +233,6 @@ class RepeatRows(Dataset):
         code = pack_rows(source.corpus.documents("test"), seq_len)
         rng = np.random.default_rng(seed)
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.first: list[torch.Tensor] = []  # labels on the first copy of the block instead
         for _ in range(50 * n):
             if len(self.rows) == n:
                 break
@@ -250,7 +249,6 @@ class RepeatRows(Dataset):
             at = len(filler) + 1  # row position of the task's first token
             labels[at + inside[0]: at + inside[-1] + 1] = row[at + inside[0]: at + inside[-1] + 1]
             self.rows.append((row, labels))
-            self.first.append(first_copy(row, labels))  # the earliest run of the second copy's tokens less its edges
         if len(self.rows) < n:
             raise RuntimeError(f"RepeatRows: built {len(self.rows)} of {n} rows of {seq_len} tokens")
 
@@ -262,9 +260,19 @@ class RepeatRows(Dataset):
         return {"input_ids": row, "labels": labels, "answer_mask": labels != -100}
 
 
+def copy_core(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` (one scored run) less the run's first and last token, where BPE may split the two copies of a
+    block differently; all -100 when the run is shorter than 3."""
+    scored = (labels != -100).nonzero().flatten()
+    out = torch.full_like(labels, -100)
+    if len(scored) >= 3:
+        out[scored[1]: scored[-1]] = labels[scored[1]: scored[-1]]
+    return out
+
+
 def first_copy(row: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Labels on the earliest occurrence, before the scored run of ``labels``, of that run's tokens less its first
-    and last (where BPE may split the two copies differently); all -100 when there is none."""
+    """Labels on the earliest occurrence in ``row``, before the scored run of ``labels``, of that run's
+    ``copy_core``; all -100 when there is none."""
     scored = (labels != -100).nonzero().flatten()
     out = torch.full_like(row, -100)
     if len(scored) < 3:

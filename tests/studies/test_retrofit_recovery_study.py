@@ -81,8 +81,8 @@ def test_repeat_rows_score_only_the_second_copy(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["repeat", "digest"])
 def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path, kind):
-    """``RepeatRows.first`` (kind ``repeat``): the second copy's tokens less its edges, found earlier in the row
-    (in most rows: BPE may split the first copy differently), as one run before the second copy."""
+    """``first_copy`` on ``RepeatRows``: the second copy's ``copy_core``, found earlier in the row (in most rows:
+    BPE may split the first copy differently), as one run before the second copy."""
     import hydra
 
     from experiments.retrofit_recovery import run as study
@@ -90,15 +90,16 @@ def test_repeat_rows_first_copy_labels_precede_the_second(tmp_path, kind):
     s = study.settings(True, tmp_path / "logs")
     cfg = study.runs.compose("pretrain_code", [*study.common_overrides(s), *s["backbone"]], tmp_path / "scratch")
     rows = study.RepeatRows(hydra.utils.instantiate(cfg.data.source), 4, s["seq_len"], kind=kind)
-    assert len(rows.first) == len(rows.rows)
     found = 0
-    for (ids, second), first in zip(rows.rows, rows.first):
+    for ids, second in rows.rows:
+        first = study.first_copy(ids, second)
         a = (first != -100).nonzero().flatten().tolist()
         b = (second != -100).nonzero().flatten().tolist()
         found += bool(a)
         if a:
             assert a == list(range(a[0], a[-1] + 1)) and a[-1] < b[0] and len(a) == len(b) - 2
             assert ids[a].tolist() == ids[b[1:-1]].tolist() == first[a].tolist()
+            assert (study.copy_core(second) != -100).nonzero().flatten().tolist() == b[1:-1]
     assert found >= 3
 
 
@@ -106,6 +107,7 @@ def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
     """``load_run_module`` rebuilds a run from its ``.hydra`` record, whose ``paths`` hold ``${hydra:...}`` keys
     that only resolve inside a Hydra app, and ``repeat_probe`` scores both copies with it."""
     import hydra
+    import torch
     from omegaconf import OmegaConf
 
     from experiments.retrofit_recovery import repeat_probe
@@ -120,8 +122,7 @@ def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
     module = hydra.utils.instantiate(cfg.model)
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "checkpoints").mkdir()
-    torch_save = __import__("torch").save
-    torch_save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
     saved = OmegaConf.to_container(cfg, resolve=False)
     saved["paths"].update(root_dir="${hydra:runtime.cwd}", output_dir="${hydra:runtime.output_dir}",
                           work_dir="${hydra:runtime.cwd}")   # as train.py writes it
@@ -132,6 +133,7 @@ def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
     name, value = next(iter(module.state_dict().items()))
     assert bool((loaded.state_dict()[name] == value).all())
     first, second = repeat_probe.main([str(run_dir), "--rows", "2"])
+    assert math.isfinite(first) and math.isfinite(second) and first > 0 and second > 0
     assert math.isfinite(repeat_probe.main([str(run_dir), "--rows", "2", "--kind", "digest"])[1])
     # converted to a window: the layers after the global ones attend to 4 tokens, so the scores change
     windowed, _ = load_run_module(run_dir, {"model.rosa.window": 4})
@@ -139,7 +141,6 @@ def test_repeat_probe_reads_a_train_py_run_folder(tmp_path):
     assert repeat_probe.main([str(run_dir), "--rows", "2", "--window", "4"]) != (first, second)
     with pytest.raises(KeyError, match="no key"):
         load_run_module(run_dir, {"model.rosa.no_such_key": 1})
-    assert math.isfinite(first) and math.isfinite(second) and first > 0 and second > 0
 
 
 def test_first_copy_finds_the_earliest_run_of_the_scored_core():
