@@ -4,9 +4,10 @@ it is converted to a sliding window?
     python -m experiments.retrofit_recovery.run            # the full study (55.6 min measured on 2 CPU cores)
     python -m experiments.retrofit_recovery.run --smoke    # seconds-long pipeline check (tests/studies)
 
-1. ``experiment=pretrain_code``: a small Qwen3 with global attention trained from scratch on code (stdlib and
-   site-packages sources, a minority of long-range task rows), exported as a plain Qwen3 directory
-   (``export_backbone``).
+1. ``experiment=pretrain_code_copy``: a small Qwen3 with global attention trained from scratch on code (stdlib and
+   site-packages sources, most rows ending in a repeated block of code or of random digests) on a row-length
+   ladder (``LADDER``: 128-, 256- then 512-token rows, each rung from the one before), exported as a plain Qwen3
+   directory (``export_backbone``).
 2. Held-out tasks from the test split of the same corpus, in LongBench's layout (``lcc.jsonl``,
    ``repobench-p.jsonl``, ``rosa_lightning.evaluation.code_tasks``).
 3. The arms, each ``conf/experiment/retrofit_<arm>.yaml`` with ``model.backbone=<exported dir>``: global and the
@@ -54,6 +55,10 @@ LABELS = {"global": "global", "window": "window (layer 0 global)", "window_all":
           "stage_b": "window + ROSA, stage B", "token": "token channel"}
 TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b", "token", "window_tuned", "window_all"]
 BIN = 32  # tokens per bin of the perplexity-by-position curve
+# The pretraining: a row-length ladder of experiment=pretrain_code_copy (README, "Probes"): content copying forms on
+# short rows and carries over as the rows double; 4,096 tokens per step at every rung.
+LADDER = [{"seq_len": 128, "batch": 32, "steps": 1800}, {"seq_len": 256, "batch": 16, "steps": 400},
+          {"seq_len": 512, "batch": 8, "steps": 400}]
 PUBLISHED_OPTIONS = ["model/rosa/inputs=published", "model/rosa/grad=published", "model.rosa.bits=4"]
 
 
@@ -81,14 +86,16 @@ def settings(smoke: bool, logs: Path) -> dict:
                   "+data.source.corpus.files=[" + ",".join(SMOKE_FILES) + "]",
                   "data.source.corpus.val_fraction=0.2", "data.source.corpus.test_fraction=0.3",
                   "data.source.max_val_rows=8", "data.batch_size=2", "data.source.corpus.min_file_bytes=100"]
-        return {"smoke": True, "seq_len": 128, "window": 16, "pretrain_steps": 3, "stage_a_steps": 2, "stage_b_steps": 2,
+        return {"smoke": True, "seq_len": 128, "window": 16, "stage_a_steps": 2, "stage_b_steps": 2,
+                "ladder": [{"seq_len": 64, "batch": 2, "steps": 2}, {"seq_len": 128, "batch": 2, "steps": 2}],
                 "task_records": 1, "task_tokens": (60, 400), "niah": [1024], "niah_samples": 1, "ppl_rows": 2, "repeat_rows": 2,
                 "backbone": ["model.backbone.max_position_embeddings=2048", "model.backbone.num_hidden_layers=2",
                              "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128",
                              "model.backbone.head_dim=16"],
                 "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                           "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1"]}
-    return {"smoke": False, "seq_len": 512, "window": 64, "pretrain_steps": 1500, "stage_a_steps": 250, "stage_b_steps": 150,
+    return {"smoke": False, "seq_len": 512, "window": 64, "stage_a_steps": 250, "stage_b_steps": 150,
+            "ladder": LADDER,
             "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64, "repeat_rows": 32,
             "backbone": [], "extra": []}  # the corpus cache stays in ${paths.data_dir}/code_corpus
 
@@ -124,21 +131,59 @@ def curves_of(out_dir: Path, key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
+def rung_overrides(s: dict, i: int, logs: Path) -> list[str]:
+    """Overrides of ``experiment=pretrain_code_copy`` for rung ``i`` of the row-length ladder: its row length,
+    batch (the same tokens per step), steps and mix, continuing from the rung before it."""
+    rung = s["ladder"][i]
+    ov = [*common_overrides(s), *s["backbone"], f"data.seq_len={rung['seq_len']}",
+          f"data.batch_size={rung['batch']}", f"trainer.max_steps={rung['steps']}", *rung.get("overrides", [])]
+    if i:
+        ov.append(f"model.init_from={rung_dir(s, i - 1, logs) / 'checkpoints' / 'last.ckpt'}")
+    return ov
+
+
+def rung_dir(s: dict, i: int, logs: Path) -> Path:
+    return logs / "pretrain" / f"rung{i + 1}_{s['ladder'][i]['seq_len']}"
+
+
 def pretrain(s: dict, logs: Path) -> tuple[Path, dict]:
-    """Train (or reuse) the global model and export it as a plain Qwen3 directory; returns (dir, info)."""
-    out_dir, backbone_dir = logs / "pretrain", logs / "backbone"
-    cfg = runs.compose("pretrain_code", [*common_overrides(s), *s["backbone"],
-                                         f"trainer.max_steps={s['pretrain_steps']}"], out_dir)
-    info_file = out_dir / "pretrain.json"
+    """Train (or reuse) the global model on the row-length ladder (``experiment=pretrain_code_copy`` at each
+    rung's row length, from the rung before it) and export the last rung as a plain Qwen3 directory; returns
+    (dir, info)."""
+    backbone_dir, info_file = logs / "backbone", logs / "pretrain" / "pretrain.json"
     if (backbone_dir / "config.json").is_file() and info_file.is_file():
         return backbone_dir, json.loads(info_file.read_text())
-    _, module, train_s, _ = train_resuming(cfg, out_dir)
+    rungs = []
+    for i, rung in enumerate(s["ladder"]):
+        out_dir = rung_dir(s, i, logs)
+        cfg = runs.compose("pretrain_code_copy", rung_overrides(s, i, logs), out_dir)
+        _, module, train_s, _ = train_resuming(cfg, out_dir)
+        rungs.append({**rung, "train_s": train_s, "val_loss": curves_of(out_dir, "val/loss"),
+                      "train_loss": curves_of(out_dir, "train/loss"), "step_s": curves_of(out_dir, "time/step_s")[1]})
+        print(f"[pretrain] rung {i + 1}: {rung['steps']} steps of {rung['batch']} x {rung['seq_len']} "
+              f"in {train_s / 60:.1f} min", flush=True)
     source = hydra.utils.instantiate(cfg.data.source)
     export_backbone(module, source.tokenizer, backbone_dir)
-    info = {"train_s": train_s, "steps": s["pretrain_steps"], "val_loss": curves_of(out_dir, "val/loss"),
-            "train_loss": curves_of(out_dir, "train/loss"), "step_s": curves_of(out_dir, "time/step_s")[1]}
+    info = {"train_s": sum(r["train_s"] for r in rungs), "steps": sum(r["steps"] for r in rungs), "rungs": rungs}
     info_file.write_text(json.dumps(info))
     return backbone_dir, info
+
+
+def check_logs(s: dict, logs: Path) -> None:
+    """Refuse a logs folder written by a study of other settings (its backbone and arms would be reused)."""
+    record = logs / "study.json"
+    mine = {k: v for k, v in s.items() if k not in ("extra",)}
+    if record.is_file():
+        theirs = json.loads(record.read_text())
+        if theirs != json.loads(json.dumps(mine)):
+            changed = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != json.loads(json.dumps(mine)).get(k))
+            raise SystemExit(f"{logs} holds a study with other settings ({', '.join(changed)} differ); "
+                             f"pass another --logs or remove that folder to start again")
+    elif (logs / "backbone").exists() or (logs / "pretrain").exists():
+        raise SystemExit(f"{logs} holds runs of an earlier study without a study.json record of its settings; "
+                         f"pass another --logs or remove that folder to start again")
+    logs.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(mine, indent=1))
 
 
 def build_tasks(s: dict, logs: Path, tokenizer) -> Path:
@@ -346,7 +391,8 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
         rec_rows = [[LABELS[a], *[summary["recovered"][a].get(k) for k in keys]] for a in arms
                     if a in summary["recovered"]]
         md.append(markdown_table(["arm", *[names[k] for k in keys]], rec_rows, 2))
-    md.append(f"\nPretraining: {pre['steps']} steps, {pre['train_s'] / 60:.1f} min.\n")
+    ladder = ", then ".join(f"{r['steps']} steps of {r['batch']} x {r['seq_len']}" for r in pre["rungs"])
+    md.append(f"\nPretraining (row-length ladder): {ladder}; {pre['steps']} steps, {pre['train_s'] / 60:.1f} min.\n")
     text = "".join(md)
     (out / "results.md").write_text(text)
     readme = out / "README.md"
@@ -376,6 +422,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logs = args.logs.resolve()
     s = settings(args.smoke, logs)
+    check_logs(s, logs)
     clock = stopwatch()
     backbone, pre = pretrain(s, logs)
     from transformers import AutoTokenizer

@@ -158,3 +158,25 @@ def test_first_copy_finds_the_earliest_run_of_the_scored_core():
     labels[:] = -100
     labels[1:6] = row[1:6]                   # nothing before the scored run
     assert (first_copy(row, labels) == -100).all()
+
+
+def test_a_logs_folder_of_other_settings_is_refused(tmp_path):
+    """``check_logs`` records the settings beside the runs and refuses a folder written with others (or by a
+    study that kept no record), since its backbone and finished arms would be reused."""
+    from experiments.retrofit_recovery import run as study
+
+    logs = tmp_path / "logs"
+    s = study.settings(True, logs)
+    study.check_logs(s, logs)
+    study.check_logs(s, logs)  # the same settings: accepted again
+    other = {**s, "ladder": [{**s["ladder"][0], "steps": 5}, *s["ladder"][1:]]}
+    with pytest.raises(SystemExit, match="ladder differ"):
+        study.check_logs(other, logs)
+    old = tmp_path / "old"
+    (old / "backbone").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="without a study.json"):
+        study.check_logs(s, old)
+    # the ladder chains its rungs: each after the first starts from the one before
+    ov = study.rung_overrides(s, 1, logs)
+    assert f"model.init_from={study.rung_dir(s, 0, logs) / 'checkpoints' / 'last.ckpt'}" in ov
+    assert not any(o.startswith("model.init_from") for o in study.rung_overrides(s, 0, logs))
