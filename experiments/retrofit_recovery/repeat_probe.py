@@ -58,7 +58,8 @@ def main(argv=None) -> tuple[float, float]:
     source = hydra.utils.instantiate(cfg.data.source)
     rows = RepeatRows(source, a.rows, a.seq_len or int(cfg.data.seq_len), kind=a.kind)
     first, second = copy_losses(module.model, rows)
-    where = "global" if a.window is None else f"window {a.window}"
+    window = a.window if a.window is not None else cfg.model.rosa.get("window")  # a tuning run is windowed
+    where = "global" if window is None else f"window {window}"
     print(f"{a.run_dir} ({where}): {a.rows} {a.kind} rows of {a.seq_len or cfg.data.seq_len} tokens; loss on the "
           f"first copy {first:.3f}, on the second {second:.3f} (second - first {second - first:+.3f})")
     return first, second

@@ -23,11 +23,16 @@ def shared_columns(all_results: list[dict]) -> list[str]:
     return [c for c in first if all(c in columns(r) for r in all_results[1:])]
 
 
-def gap_recovered(value: float, global_: float, window: float) -> float:
+# Scores are on the 0-100 scale: a gap of less than a point between the baselines is within the noise of a few
+# hundred samples, and a share of it (a ratio over a near-zero denominator) would mean nothing.
+MIN_GAP = 1.0
+
+
+def gap_recovered(value: float, global_: float, window: float, min_gap: float = MIN_GAP) -> float:
     """Share (0-1, may leave that range) of the global-minus-window gap that ``value`` recovers; NaN
-    when the baselines are equal."""
+    (no gap to recover) unless global is better than window by at least ``min_gap``."""
     gap = global_ - window
-    return (value - window) / gap if gap != 0 else float("nan")
+    return (value - window) / gap if gap >= min_gap else float("nan")
 
 
 def comparison_table(all_results: list[dict], labels: Optional[list[str]] = None) -> str:

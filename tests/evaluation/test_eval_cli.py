@@ -1,6 +1,7 @@
 """eval.py end to end on the LongBench-format fixtures and a tiny saved model: every dataset, LongBench-E
 buckets, NIAH, results files and logger output; resume after a kill; bad input named with nothing lost;
 offline hub; compare with the gap recovered and the NIAH plot."""
+import math
 import json
 import os
 import shutil
@@ -173,6 +174,9 @@ def test_compare_table_gap_and_plot(tmp_path, capsys):
                                                     "niah": {"4096": niah[0], "32768": niah[1]}}))
         dirs.append(d)
     assert round(gap_recovered(57.14, 59.21, 29.41), 4) == 0.9305
+    # no gap to share: the baselines within a point of each other, or the window the better of the two
+    assert math.isnan(gap_recovered(30.0, 29.5, 29.0)) and math.isnan(gap_recovered(30.0, 20.0, 25.0))
+    assert gap_recovered(30.0, 29.5, 29.0, min_gap=0.1) == pytest.approx(2.0)
     table = compare_main([*map(str, dirs), "--out", str(tmp_path / "cmp")])
     rows = table.splitlines()
     assert rows[0] == "| arm | samsum | niah@4096 | niah@32768 | mean | gap recovered |"
