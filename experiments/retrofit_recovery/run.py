@@ -1,7 +1,7 @@
 """Retrofit recovery: does ROSA bring back the long-context ability a pretrained global-attention model loses when
 it is converted to a sliding window?
 
-    python -m experiments.retrofit_recovery.run            # the full study (47.0 min measured on 2 CPU cores)
+    python -m experiments.retrofit_recovery.run            # the full study (about 71 min on 2 CPU cores)
     python -m experiments.retrofit_recovery.run --smoke    # seconds-long pipeline check (tests/studies)
 
 1. ``experiment=pretrain_code_copy``: a small Qwen3 with global attention trained from scratch on code (stdlib and
@@ -95,7 +95,7 @@ def settings(smoke: bool, logs: Path) -> dict:
                              "model.backbone.head_dim=16"],
                 "extra": [*corpus, "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                           "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1"]}
-    return {"smoke": False, "seq_len": 512, "window": 64, "stage_a_steps": 250, "stage_b_steps": 150,
+    return {"smoke": False, "seq_len": 512, "window": 64, "stage_a_steps": 1000, "stage_b_steps": 150,
             "ladder": LADDER,
             "task_records": 40, "task_tokens": (170, 430), "niah": [512, 1024, 2048], "niah_samples": 20, "ppl_rows": 64, "repeat_rows": 32,
             "backbone": [], "extra": []}  # the corpus cache stays in ${paths.data_dir}/code_corpus
