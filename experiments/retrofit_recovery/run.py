@@ -240,7 +240,7 @@ def arm_module(arm: str, cfg, logs: Path):
 COPY_KEYS = [f"{kind}_{which}loss" for kind in ("repeat", "digest") for which in ("", "first_")]
 
 
-def copy_losses(module, s: dict, source) -> dict:
+def copy_loss_curves(module, s: dict, source) -> dict:
     """Per-position losses on the second copy of a repeated block of code and of digests (``repeat_loss``,
     ``digest_loss``) and on the first copy of the same rows (``*_first_loss``): the level of a model that does not
     copy, since nothing earlier in the row predicts a block's first occurrence."""
@@ -265,7 +265,7 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
         cfg = arm_config(arm, s, logs, backbone, best_a)
         module, _ = arm_module(arm, cfg, logs)
         module.eval()
-        result.update(copy_losses(module, s, hydra.utils.instantiate(cfg.data.source)))
+        result.update(copy_loss_curves(module, s, hydra.utils.instantiate(cfg.data.source)))
         cached.write_text(json.dumps(result))
         return result
     cfg = arm_config(arm, s, logs, backbone, best_a)
@@ -282,11 +282,12 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     evaluated = evaluate(eval_cfg, model=module.model, tokenizer=tokenizer)
     result["scores"] = {"lcc": evaluated["longbench"]["lcc"], "repobench-p": evaluated["longbench"]["repobench-p"],
                         **{f"niah_{n}": v for n, v in evaluated["niah"].items()}}
-    docs = hydra.utils.instantiate(cfg.data.source).corpus.documents("test")
+    source = hydra.utils.instantiate(cfg.data.source)
+    docs = source.corpus.documents("test")
     loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=min(4, s["ppl_rows"]),
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
-    result.update(copy_losses(module, s, hydra.utils.instantiate(cfg.data.source)))
+    result.update(copy_loss_curves(module, s, source))
     result["eval_s"] = clock()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
@@ -385,14 +386,14 @@ def second_copy(text: str, kind: str) -> tuple[int, int]:
 # A share of a gap is only reported where there is a gap to recover: global better than the reference by at least
 # a point of score (×100, the rule of ``rosa_lightning.evaluation.compare``) or 10 % of perplexity; below that it
 # is noise over a near-zero denominator, and where the reference is the better one nothing was lost to bring back.
-MIN_SCORE_GAP, MIN_LOG_PPL_GAP = MIN_GAP, math.log(1.1)
+MIN_LOG_PPL_GAP = math.log(1.1)
 
 
 def share(row: dict, lo: dict, hi: dict, key: str) -> float:
     """(row - lo) / (hi - lo) on ``key`` (log scale for perplexity), NaN unless hi exceeds lo by the minimum gap."""
     if key.startswith("ppl"):
         return gap_recovered(-math.log(row[key]), -math.log(hi[key]), -math.log(lo[key]), MIN_LOG_PPL_GAP)
-    return gap_recovered(row[key], hi[key], lo[key], MIN_SCORE_GAP)
+    return gap_recovered(row[key], hi[key], lo[key], MIN_GAP)
 
 
 def summarize(results: dict, s: dict) -> dict:
@@ -453,7 +454,7 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
                     if a in summary["over_tuning"]]
         md.append(markdown_table(["arm", *[names[k] for k in keys]], tun_rows, 2))
     if summary["recovered"] or summary.get("over_tuning"):
-        md.append(f"\n— : global is not better than the reference by {MIN_SCORE_GAP:g} point of score or "
+        md.append(f"\n— : global is not better than the reference by {MIN_GAP:g} point of score or "
                   f"{math.exp(MIN_LOG_PPL_GAP) - 1:.0%} of perplexity, so there is no gap to share.\n")
     ladder = ", then ".join(f"{r['steps']} steps of {r['batch']} x {r['seq_len']}" for r in pre["rungs"])
     md.append(f"\nPretraining (row-length ladder): {ladder}; {pre['steps']} steps, {pre['train_s'] / 60:.1f} min.\n")

@@ -1,8 +1,8 @@
 """eval.py end to end on the LongBench-format fixtures and a tiny saved model: every dataset, LongBench-E
 buckets, NIAH, results files and logger output; resume after a kill; bad input named with nothing lost;
 offline hub; compare with the gap recovered and the NIAH plot."""
-import math
 import json
+import math
 import os
 import shutil
 import subprocess
