@@ -67,6 +67,8 @@ cpdef enum PathMode:
     # layout follows the bit width (sparse from SPARSE_MIN_BITS on).
     MODE_DENSE = 8
     MODE_SPARSE = 16
+    # Flag (tests): the generic scan loop (scan_pair) even where the bits-4 naive loop (naive16.pxi) applies.
+    MODE_GENERIC = 32
 
 cdef enum:
     MODE_PATH_MASK = 3
@@ -149,6 +151,7 @@ cdef struct Sam:
     int32_t nq           # Q-runs seen
     int32_t lct          # 1 once in LCT mode
     int32_t mode         # MODE_HYBRID / MODE_NAIVE / MODE_LCT
+    int32_t generic      # 1: MODE_GENERIC (never scan_naive16)
     int64_t length       # positions consumed (absolute time of the next position)
     int64_t skip         # positions with time < skip are padding
     int64_t work         # naive chain steps so far
@@ -311,6 +314,7 @@ cdef void sam_reset(Sam *S, int mode, int64_t skip) noexcept nogil:
     """Empty automaton (root only) and a fresh scan state."""
     S.n_states = 0
     S.mode = mode & MODE_PATH_MASK
+    S.generic = 1 if (mode & MODE_GENERIC) else 0
     S.lct = 1 if S.mode == MODE_LCT else 0
     if S.wide:
         new_state(<AlphaAny *> NULL, S, <int32_t *> S.nxt, 0, -1, 0)
@@ -601,8 +605,27 @@ cdef void scan_pair(al_t *al, jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, con
                 lct_enable(jr, S, nx)
 
 
+# scan_naive16: the naive bits-4 scan of a narrow, unjournaled pair in one loop (the common training case).
+include "naive16.pxi"
+
+
 cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                           int32_t *tau, int32_t *cf) noexcept nogil:
+    cdef int64_t done = 0, pad
+    if jr_t is NoJournal:
+        if naive16_applies(S) and not S.generic:
+            if S.length < S.skip:         # padding first, on the generic path
+                pad = min(n, S.skip - S.length)
+                scan_pair(<Alpha16 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, pad, tau, cf)
+                done = pad
+            if done < n:
+                done += scan_naive16(S, q + done, k + done, n - done, tau + done, cf)
+            if done == n:
+                return
+            q += done
+            k += done
+            tau += done
+            n -= done
     if S.sparse:
         if S.wide:
             scan_pair(<AlphaSparse *> NULL, jr, S, <int32_t *> S.nxt, q, k, n, tau, cf)

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rosa_lightning.retrieval import rosa_match
-from rosa_lightning.retrieval._native import MODE_HYBRID, MODE_LCT, MODE_NAIVE, MODE_WIDE
+from rosa_lightning.retrieval._native import MODE_GENERIC, MODE_HYBRID, MODE_LCT, MODE_NAIVE, MODE_WIDE
 from rosa_lightning.retrieval.reference import (
     flipped_cf_times,
     scan_pair_oracle,
@@ -16,9 +16,10 @@ from ._gen import KINDS, make_pair
 from ._vectors import load_cases
 
 CASES = load_cases()
-# uint16 state ids are the default at these lengths; MODE_WIDE forces the int32 layout.
+# uint16 state ids are the default at these lengths; MODE_WIDE forces the int32 layout. At bits = 4 the narrow naive
+# path runs the one-loop scan (cython_ext/naive16.pxi); MODE_GENERIC keeps it on the generic loop.
 MODES = {"hybrid": MODE_HYBRID, "naive": MODE_NAIVE, "lct": MODE_LCT,
-         "naive_wide": MODE_NAIVE | MODE_WIDE, "lct_wide": MODE_LCT | MODE_WIDE}
+         "naive_wide": MODE_NAIVE | MODE_WIDE, "lct_wide": MODE_LCT | MODE_WIDE, "naive_generic": MODE_NAIVE | MODE_GENERIC}
 
 
 def run_pair(q, k, bits, mode=MODE_HYBRID, want_cf=True):

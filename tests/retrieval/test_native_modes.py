@@ -10,13 +10,15 @@ _sam = _native._sam  # the compiled kernel, as _native imported it
 
 def test_python_names_are_the_kernel_enum():
     names = [m.name for m in _sam.PathMode]
-    assert names == ["MODE_HYBRID", "MODE_NAIVE", "MODE_LCT", "MODE_WIDE", "MODE_DENSE", "MODE_SPARSE"]
+    assert names == ["MODE_HYBRID", "MODE_NAIVE", "MODE_LCT", "MODE_WIDE", "MODE_DENSE", "MODE_SPARSE",
+                     "MODE_GENERIC"]
     for member in _sam.PathMode:
         assert getattr(_native, member.name) is member and isinstance(member, int)
     assert _native.PathMode is _sam.PathMode
-    # MODE_WIDE, MODE_DENSE and MODE_SPARSE are flags: or-ed into a path they leave the path bits and each other alone
-    flags = [int(_native.MODE_WIDE), int(_native.MODE_DENSE), int(_native.MODE_SPARSE)]
-    assert all(f & 3 == 0 and f & (f - 1) == 0 for f in flags) and len(set(flags)) == 3
+    # MODE_WIDE, MODE_DENSE, MODE_SPARSE and MODE_GENERIC are flags: or-ed into a path they leave the path bits and
+    # each other alone
+    flags = [int(_native.MODE_WIDE), int(_native.MODE_DENSE), int(_native.MODE_SPARSE), int(_native.MODE_GENERIC)]
+    assert all(f & 3 == 0 and f & (f - 1) == 0 for f in flags) and len(set(flags)) == 4
     assert {int(_native.MODE_HYBRID), int(_native.MODE_NAIVE), int(_native.MODE_LCT)} == {0, 1, 2}
 
 
