@@ -28,6 +28,8 @@ import csv
 import json
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import hydra
@@ -69,7 +71,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
     p.add_argument("--out", type=Path, default=HERE, help="where results.* and the plots are written")
     p.add_argument("--logs", type=Path, default=ROOT / "logs" / "retrofit_recovery", help="run folders")
+    p.add_argument("--stage-a-steps", type=int, default=None,
+                   help="stage-A steps of the trained ROSA and token arms (default: 1,000; the smoke run 2); a "
+                        "logs folder holds one setting, so pass a new --logs")
+    p.add_argument("--pretrained-from", type=Path, default=None,
+                   help="a logs folder of a study with the same pretraining settings: its pretraining runs, "
+                        "backbone and task files are linked into --logs instead of pretraining again")
     return p.parse_args(argv)
+
+
+PRETRAINED = ("pretrain", "backbone", "tasks")
+ARM_ONLY = ("stage_a_steps", "stage_b_steps")   # settings that leave the pretraining and the tasks as they are
+
+
+def link_pretraining(source: Path, s: dict, logs: Path) -> None:
+    """Hard-link (copy where links fail) ``source``'s pretraining, backbone and tasks into ``logs``, after checking
+    that ``source`` was written with the same settings apart from the arms' step counts."""
+    record = source / "study.json"
+    if not record.is_file() or not all((source / name).exists() for name in PRETRAINED):
+        raise SystemExit(f"--pretrained-from {source}: expected a study logs folder holding study.json and "
+                         f"{', '.join(PRETRAINED)}")
+    theirs = json.loads(record.read_text())
+    mine = json.loads(json.dumps({k: v for k, v in s.items() if k != "extra"}))
+    changed = sorted(k for k in set(theirs) | set(mine) if k not in ARM_ONLY and theirs.get(k) != mine.get(k))
+    if changed:
+        raise SystemExit(f"--pretrained-from {source}: its study used other pretraining settings "
+                         f"({', '.join(changed)} differ)")
+    for name in PRETRAINED:
+        if not (logs / name).exists():
+            shutil.copytree(source / name, logs / name, copy_function=link_or_copy)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 SMOKE_FILES = ["bisect.py", "colorsys.py", "heapq.py", "copy.py", "glob.py", "shlex.py", "abc.py", "fnmatch.py",
@@ -487,7 +524,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logs = args.logs.resolve()
     s = settings(args.smoke, logs)
+    if args.stage_a_steps is not None:
+        if args.stage_a_steps < 1:
+            raise SystemExit(f"--stage-a-steps must be at least 1, got {args.stage_a_steps}")
+        s["stage_a_steps"] = args.stage_a_steps
     check_logs(s, logs)
+    if args.pretrained_from is not None:
+        link_pretraining(args.pretrained_from.resolve(), s, logs)
     clock = stopwatch()
     backbone, pre = pretrain(s, logs)
     from transformers import AutoTokenizer

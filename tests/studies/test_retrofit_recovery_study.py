@@ -215,3 +215,28 @@ def test_shares_are_left_blank_where_the_references_do_not_differ():
     assert tun["lcc"] == pytest.approx(0.5) and tun["ppl_digest"] == pytest.approx(0.5)
     assert summary["recovered"]["window_all"]["ppl_digest"] == pytest.approx(1.25)  # beyond global: above 1
     assert set(summary["over_tuning"]) == {"rosa_recommended"}  # the untrained arms and window_tuned itself: none
+
+
+def test_pretraining_is_linked_from_a_study_of_the_same_settings(tmp_path):
+    """``--pretrained-from`` links another folder's pretraining, backbone and tasks into a new logs folder when only
+    the arms' step counts differ, and refuses a folder of other pretraining settings or without the runs."""
+    from experiments.retrofit_recovery import run as study
+
+    source, logs = tmp_path / "source", tmp_path / "logs"
+    s = study.settings(True, source)
+    study.check_logs(s, source)
+    for name in study.PRETRAINED:
+        (source / name).mkdir()
+        (source / name / "marker.txt").write_text(name)
+    longer = {**s, "stage_a_steps": 7}
+    study.check_logs(longer, logs)
+    study.link_pretraining(source, longer, logs)
+    for name in study.PRETRAINED:
+        assert (logs / name / "marker.txt").read_text() == name
+    other = {**s, "window": s["window"] * 2}
+    with pytest.raises(SystemExit, match="window differ"):
+        study.link_pretraining(source, other, tmp_path / "other")
+    with pytest.raises(SystemExit, match="expected a study logs folder"):
+        study.link_pretraining(tmp_path / "missing", s, tmp_path / "other")
+    with pytest.raises(SystemExit, match="--stage-a-steps must be at least 1"):
+        study.main(["--smoke", "--stage-a-steps", "0", "--logs", str(tmp_path / "zero")])
