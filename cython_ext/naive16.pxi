@@ -60,6 +60,30 @@ cdef inline bint naive16_applies(Sam *S) noexcept nogil:
     return PACKED_RECORDS and S.A == 16 and not S.wide and not S.lct and S.sparse == 0
 
 
+cdef inline int64_t step16(const uint16_t *I, const uint16_t *nx, int64_t st, int32_t a, int64_t *work) noexcept nogil:
+    """``step`` on the naive path: the a-successor of the deepest suffix-link ancestor of st having one; 0 = none."""
+    cdef int64_t ns, u
+    if nx[a] == 0:
+        return 0
+    ns = nx[st * 16 + a]
+    if ns == 0:
+        u = rec_link(rec_load(I, st))
+        while not (rec_mask(rec_load(I, u)) >> a) & 1:
+            u = rec_link(rec_load(I, u))
+            work[0] += 1
+        ns = nx[u * 16 + a]
+    return ns
+
+
+cdef inline int32_t dest16(const uint16_t *I, const int32_t *run_start, int64_t nruns, int64_t ns) noexcept nogil:
+    """``dest_time``: the start of the run after the latest end of state ns, or -1."""
+    cdef int64_t nn
+    if ns == 0:
+        return -1
+    nn = rec_n(rec_load(I, ns))
+    return run_start[nn] if nn < nruns else -1
+
+
 cdef int64_t scan_naive16(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n, int32_t *tau,
                           int32_t *cf) noexcept nogil:
     """``scan_pair`` on the naive path for a narrow bits-4 pair (``naive16_applies``) whose padding is consumed
@@ -72,9 +96,9 @@ cdef int64_t scan_naive16(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
     cdef int32_t adv = S.adv, lastq = S.lastq, lastk = S.lastk
     cdef int64_t nq = S.nq, length = S.length, work = S.work
     cdef bint hybrid = S.mode == MODE_HYBRID
-    cdef int64_t i, cur, v, w, clone, u, ns, nn, steps, link_cur, e1
+    cdef int64_t i, cur, v, w, clone, u, ns, nn, steps, link_cur, e1, clen
     cdef int32_t x, a, j, y
-    cdef uint64_t r, rw, rc
+    cdef uint64_t r, rw
     cdef uint32_t flips, hit, pend, rootmask
     cdef uint32_t flipset[16]
     cdef int64_t nsx[16]
@@ -94,6 +118,7 @@ cdef int64_t scan_naive16(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
             nst += 1
             memset(nx + cur * 16, 0, 16 * sizeof(uint16_t))
             r = rec_load(I, last)
+            clen = rec_len(r) + 1
             v = last
             while True:
                 if (rec_mask(r) >> x) & 1:
@@ -126,8 +151,7 @@ cdef int64_t scan_naive16(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                     rec_store(I, w, (rw & ~(<uint64_t> 0xFFFF)) | <uint64_t> clone)
                     link_cur = clone
             # cur: link, len(last) + 1, e + 1 = pos + 1, no transitions; then the rest of its chain below the root.
-            rc = rec_load(I, last)
-            rec_store(I, cur, <uint64_t> link_cur | (<uint64_t> (rec_len(rc) + 1) << R_LEN_SHIFT)
+            rec_store(I, cur, <uint64_t> link_cur | (<uint64_t> clen << R_LEN_SHIFT)
                       | (<uint64_t> e1 << R_N_SHIFT))
             last = cur
             v = link_cur
@@ -170,50 +194,22 @@ cdef int64_t scan_naive16(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                     else:
                         out[j] = -1
                 ns = nsx[a] if (flips >> a) & 1 else 0
-            elif nx[a] == 0:
-                ns = 0
             else:
-                ns = nx[st * 16 + a]
-                if ns == 0:
-                    u = rec_link(rec_load(I, st))
-                    while not (rec_mask(rec_load(I, u)) >> a) & 1:
-                        u = rec_link(rec_load(I, u))
-                        work += 1
-                    ns = nx[u * 16 + a]
+                ns = step16(I, nx, st, a, &work)
             nq += 1
+            tau[i] = dest16(I, run_start, nruns, ns)
             if ns != 0:
-                nn = rec_n(rec_load(I, ns))
-                tau[i] = run_start[nn] if nn < nruns else -1
                 st = ns
                 adv = 1
-            else:
-                tau[i] = -1
         elif adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
-            ns = nx[a]
-            if ns != 0:
-                nn = rec_n(rec_load(I, ns))
-                tau[i] = run_start[nn] if nn < nruns else -1
-            else:
-                tau[i] = -1
+            tau[i] = dest16(I, run_start, nruns, nx[a])
         else:
-            if nx[a] == 0:
-                ns = 0
-            else:
-                ns = nx[st * 16 + a]
-                if ns == 0:
-                    u = rec_link(rec_load(I, st))
-                    while not (rec_mask(rec_load(I, u)) >> a) & 1:
-                        u = rec_link(rec_load(I, u))
-                        work += 1
-                    ns = nx[u * 16 + a]
+            ns = step16(I, nx, st, a, &work)
+            tau[i] = dest16(I, run_start, nruns, ns)
             if ns != 0:
-                nn = rec_n(rec_load(I, ns))
-                tau[i] = run_start[nn] if nn < nruns else -1
                 st = ns
                 adv = 1
-            else:
-                tau[i] = -1
         length += 1
         if hybrid and unlikely(work > WORK_SLACK + WORK_PER_POS * length):
             done = i + 1

@@ -91,9 +91,7 @@ def link_pretraining(source: Path, s: dict, logs: Path) -> None:
     if not record.is_file() or not all((source / name).exists() for name in PRETRAINED):
         raise SystemExit(f"--pretrained-from {source}: expected a study logs folder holding study.json and "
                          f"{', '.join(PRETRAINED)}")
-    theirs = json.loads(record.read_text())
-    mine = json.loads(json.dumps({k: v for k, v in s.items() if k != "extra"}))
-    changed = sorted(k for k in set(theirs) | set(mine) if k not in ARM_ONLY and theirs.get(k) != mine.get(k))
+    changed = [k for k in settings_changed(json.loads(record.read_text()), s) if k not in ARM_ONLY]
     if changed:
         raise SystemExit(f"--pretrained-from {source}: its study used other pretraining settings "
                          f"({', '.join(changed)} differ)")
@@ -207,14 +205,20 @@ def pretrain(s: dict, logs: Path) -> tuple[Path, dict]:
     return backbone_dir, info
 
 
+def settings_changed(theirs: dict, s: dict) -> list[str]:
+    """The keys of a recorded study.json (``theirs``) that differ from the settings ``s`` (as JSON, without
+    ``extra``), sorted."""
+    mine = json.loads(json.dumps({k: v for k, v in s.items() if k != "extra"}))
+    return sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+
+
 def check_logs(s: dict, logs: Path) -> None:
     """Refuse a logs folder written by a study of other settings (its backbone and arms would be reused)."""
     record = logs / "study.json"
     mine = {k: v for k, v in s.items() if k not in ("extra",)}
     if record.is_file():
-        theirs = json.loads(record.read_text())
-        if theirs != json.loads(json.dumps(mine)):
-            changed = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != json.loads(json.dumps(mine)).get(k))
+        changed = settings_changed(json.loads(record.read_text()), s)
+        if changed:
             raise SystemExit(f"{logs} holds a study with other settings ({', '.join(changed)} differ); "
                              f"pass another --logs or remove that folder to start again")
     elif (logs / "backbone").exists() or (logs / "pretrain").exists():
