@@ -66,6 +66,7 @@ cdef int arenas_alloc(Arenas *a, int n, int bits, int64_t T, int mode) noexcept 
             if sam_alloc(&a.sams[i], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
                          (mode & MODE_PATH_MASK) != MODE_NAIVE, want_sparse(bits, 2 * T + 2, mode)) != 0:
                 failed = 1
+            a.sams[i].group_rows = 1
     if failed:
         arenas_free(a)
         return -1

@@ -162,6 +162,7 @@ cdef struct Sam:
     int32_t ht_shift     # 32 - log2(slots): the multiplicative hash keeps the top bits
     uint64_t *bm         # sparse: [cap * BM_W] presence bitmap of each state's transitions
     uint32_t *ht         # sparse: [2 * slots] (key, target) pairs, key = state << 8 | symbol, 0 = empty slot
+    int32_t group_rows   # 1: a batch arena, whose bits-8 rows scan_naive256 may keep valid only group by group
     # Keeps the scalars above (written every position) off the cache lines of the neighbouring
     # Sam in an array: per-thread arenas and stream pairs are adjacent (no false sharing).
     char _pad[128]
@@ -184,6 +185,7 @@ cdef int sam_alloc(Sam *S, int bits, int64_t cap, int64_t run_cap, int wide, int
     S.cap = cap
     S.run_cap = run_cap
     S.sparse = 0
+    S.group_rows = 0
     S.bm = NULL
     S.ht = NULL
     if sparse:
@@ -605,21 +607,29 @@ cdef void scan_pair(al_t *al, jr_t *jr, Sam *S, idx_t *nx, const uint8_t *q, con
                 lct_enable(jr, S, nx)
 
 
-# scan_naive16: the naive bits-4 scan of a narrow, unjournaled pair in one loop (the common training case).
+# scan_naive16: the naive bits-4 scan of a narrow, unjournaled pair in one loop (the common training case);
+# scan_naive256: the same at bits = 8 for batch pairs, with rows zeroed group by group.
 include "naive16.pxi"
+include "naive256.pxi"
 
 
 cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, int64_t n,
                           int32_t *tau, int32_t *cf) noexcept nogil:
     cdef int64_t done = 0, pad
     if jr_t is NoJournal:
-        if naive16_applies(S) and not S.generic:
+        if (naive16_applies(S) or naive256_applies(S)) and not S.generic:
             if S.length < S.skip:         # padding first, on the generic path
                 pad = min(n, S.skip - S.length)
-                scan_pair(<Alpha16 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, pad, tau, cf)
+                if S.A == 16:
+                    scan_pair(<Alpha16 *> NULL, jr, S, <uint16_t *> S.nxt, q, k, pad, tau, cf)
+                else:
+                    scan_pair(<AlphaAny *> NULL, jr, S, <uint16_t *> S.nxt, q, k, pad, tau, cf)
                 done = pad
             if done < n:
-                done += scan_naive16(S, q + done, k + done, n - done, tau + done, cf)
+                if S.A == 16:
+                    done += scan_naive16(S, q + done, k + done, n - done, tau + done, cf)
+                else:
+                    done += scan_naive256(S, q + done, k + done, n - done, tau + done, cf)
             if done == n:
                 return
             q += done
@@ -706,6 +716,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
         if sam_alloc(&arenas[tid], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
                      (mode & MODE_PATH_MASK) != MODE_NAIVE, want_sparse(bits, 2 * T + 2, mode)) != 0:
             failed = 1
+        arenas[tid].group_rows = 1
     if failed:
         for tid in range(nthreads):
             sam_free(&arenas[tid])
