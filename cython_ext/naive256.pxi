@@ -105,13 +105,28 @@ cdef int64_t scan_naive256(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n
     cdef uint32_t m, pend, hit
     cdef int32_t xs[9]
     cdef int64_t nsx[9]
+    cdef uint32_t atroot
+    # sdest[y]: dest_time of the state of the one-symbol string y (the root's y-transition), -1 where y never
+    # occurred. That state is on every new chain of an extend by y, so its e is y's latest K-run, and its
+    # dest_time is the start of the run after that one: set when the next run starts, -1 while y's run is the last.
+    # Kept with counterfactuals only (their probes end at the root for most flipped symbols).
+    cdef int32_t sdest[256]
     cdef int32_t *out
     cdef int64_t done = n
+    cdef int32_t rootn = 0             # the root's transitions: the distinct K symbols so far
+    for j in range(256):
+        sdest[j] = dest16(I, run_start, nruns, nx[j])
+        rootn += nx[j] != 0
     for i in range(n):
         x = k[i]
         if x != lastk:
             # A new K-run at index nruns: extend by x (``extend``), then e = pos + 1 along the new chain.
+            if cf != NULL:
+                if lastk >= 0:
+                    sdest[lastk] = <int32_t> length
+                sdest[x] = -1
             lastk = x
+            rootn += nx[x] == 0
             run_start[nruns] = <int32_t> length
             e1 = nruns + 1
             nruns += 1
@@ -184,26 +199,26 @@ cdef int64_t scan_naive256(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n
                 # symbols, xs[8] is a. A symbol is looked up only where the root has it (then some state on the
                 # chain has it). The chain work is counted as the two separate walks count it: the probe's walk
                 # goes as deep as its deepest flipped symbol, the step's one link less deep than a's.
-                pend = 0
                 for j in range(8):
                     xs[j] = a ^ (1 << j)
                     nsx[j] = 0
-                    pend |= (<uint32_t> (nx[xs[j]] != 0)) << j
                 xs[8] = a
                 nsx[8] = 0
-                pend |= (<uint32_t> (nx[a] != 0)) << 8
+                if rootn == 256:
+                    pend = 0x1FF
+                else:
+                    pend = 0
+                    for j in range(9):
+                        pend |= (<uint32_t> (nx[xs[j]] != 0)) << j
                 g = a >> G_SHIFT
                 u = st
                 d = 0
                 dflip = 0
                 da = 0
+                atroot = 0
                 while pend:
                     if u == 0:
-                        # The root has every pending symbol.
-                        while pend:
-                            j = ctz(pend)
-                            pend &= pend - 1
-                            nsx[j] = nx[xs[j]]
+                        atroot = pend           # the root has every pending symbol: their sdest
                         break
                     r = rec_load(I, u)
                     m = rec_mask(r)
@@ -230,23 +245,26 @@ cdef int64_t scan_naive256(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n
                 work += dflip + (da - 1 if da > 1 else 0)
                 out = cf + nq * 8
                 for j in range(8):
-                    ns = nsx[j]
-                    if ns != 0:
-                        nn = rec_n(rec_load(I, ns))
-                        out[j] = run_start[nn] if nn < nruns else -1
+                    if (atroot >> j) & 1:
+                        out[j] = sdest[xs[j]]
                     else:
-                        out[j] = -1
-                ns = nsx[8]
+                        out[j] = dest16(I, run_start, nruns, nsx[j])
+                if (atroot >> 8) & 1:
+                    ns = nx[a]
+                    tau[i] = sdest[a]
+                else:
+                    ns = nsx[8]
+                    tau[i] = dest16(I, run_start, nruns, ns)
             else:
                 ns = step256(I, nx, st, a, &work)
+                tau[i] = dest16(I, run_start, nruns, ns)
             nq += 1
-            tau[i] = dest16(I, run_start, nruns, ns)
             if ns != 0:
                 st = ns
                 adv = 1
         elif adv:
             # The context ends in a and runs never repeat a symbol: the walk ends at the root.
-            tau[i] = dest16(I, run_start, nruns, nx[a])
+            tau[i] = sdest[a] if cf != NULL else dest16(I, run_start, nruns, nx[a])
         else:
             ns = step256(I, nx, st, a, &work)
             tau[i] = dest16(I, run_start, nruns, ns)

@@ -2,11 +2,12 @@
 
 Prints a markdown table: ns per (route, token) of ``rosa_match`` (one thread, counterfactuals on)
 per input pattern, its ratio to the uniform-random cost, the baseline's ns per (route, token) and
-the speed-up, measured side by side in this process; then thread scaling and state bytes. At bits > 4 the
-opt-in sparse transition layout (MODE_SPARSE) is measured beside the dense rows, pattern by pattern and thread
-count by thread count, with its results asserted equal to theirs.
+the speed-up, measured side by side in this process; then uniform random with and without counterfactuals, thread
+scaling and state bytes. Beside ``rosa_match`` it measures, pattern by pattern with results asserted equal, either
+the generic scan loop (``--compare generic``, the default: MODE_GENERIC, what the one-loop naive scans of bits 4
+and 8 replace) or, at bits > 4, the opt-in sparse transition layout (``--compare sparse``, MODE_SPARSE).
 
-    python -m experiments.retrieval_throughput.bench [--T 16384] [--bits 4]
+    python -m experiments.retrieval_throughput.bench [--T 16384] [--bits 4] [--compare generic|sparse]
 """
 import argparse
 import os
@@ -68,18 +69,23 @@ def main(argv=None):
     ap.add_argument("--routes", type=int, default=8, help="routes per pattern for rosa_match")
     ap.add_argument("--baseline-routes", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", choices=["generic", "sparse"], default="generic",
+                    help="measured beside rosa_match: the generic scan loop, or (bits > 4) the sparse layout")
     args = ap.parse_args(argv)
     T, bits, R = args.T, args.bits, args.routes
+    if args.compare == "sparse" and bits <= 4:
+        ap.error(f"--compare sparse needs --bits above 4 (the sparse layout does not exist at bits {bits})")
     rng = np.random.default_rng(0)
     warm = rng.integers(0, 1 << bits, (2, 64))
     baseline_match(warm, warm, bits)  # compile
 
-    sparse = bits > 4   # the sparse layout exists above 4 bits; it is measured beside the dense rows there
     dense_mode = _native.MODE_HYBRID | _native.MODE_DENSE
-    sparse_mode = _native.MODE_HYBRID | _native.MODE_SPARSE
+    other_mode = _native.MODE_HYBRID | (_native.MODE_SPARSE if args.compare == "sparse" else _native.MODE_GENERIC)
+    other = "sparse layout" if args.compare == "sparse" else "generic loop"
 
-    def run(qb, kb, threads, mode):
-        return timed(lambda: rosa_match(qb, kb, bits, num_threads=threads, _mode=mode), args.repeats)
+    def run(qb, kb, threads, mode, want_cf=True):
+        return timed(lambda: rosa_match(qb, kb, bits, num_threads=threads, want_cf=want_cf, _mode=mode),
+                     args.repeats)
 
     def table(header, right):
         print("| " + " | ".join(header) + " |")
@@ -89,25 +95,25 @@ def main(argv=None):
         print("| " + " | ".join(cells) + " |")
 
     print(f"T={T}, bits={bits}, one thread, counterfactuals on; ns per (route, token), best of {args.repeats}\n")
-    table(["pattern", "rosa_match (dense rows)" if sparse else "rosa_match", "/ random"]
-          + (["sparse layout", "/ random", "sparse / dense"] if sparse else []) + ["baseline", "speed-up"], False)
-    random_ns = random_sp = None
+    table(["pattern", "rosa_match", "/ random", other, "/ random", f"{other} / rosa_match", "baseline",
+           "speed-up"], False)
+    random_ns = random_other = None
     for name, q, k in patterns(T, bits, rng):
         qb = np.repeat(q.astype(np.uint8)[None, :, None], R, axis=2)
         kb = np.repeat(k.astype(np.uint8)[None, :, None], R, axis=2)
         if name == "uniform random":
             qb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
             kb = rng.integers(0, 1 << bits, (1, T, R)).astype(np.uint8)
+            uniform = (qb, kb)
         sec, m = run(qb, kb, 1, dense_mode)
         ns = sec / (R * T) * 1e9
         random_ns = random_ns or ns
-        cells = [name, f"{ns:.1f}", f"{ns / random_ns:.2f}"]
-        if sparse:
-            ssec, ms = run(qb, kb, 1, sparse_mode)
-            assert torch.equal(ms.tau, m.tau) and torch.equal(ms.cf, m.cf), f"sparse layout disagrees on {name}"
-            sns = ssec / (R * T) * 1e9
-            random_sp = random_sp or sns
-            cells += [f"{sns:.1f}", f"{sns / random_sp:.2f}", f"{sns / ns:.2f}"]
+        osec, mo = run(qb, kb, 1, other_mode)
+        assert torch.equal(mo.tau, m.tau) and torch.equal(mo.cf, m.cf), f"the {other} disagrees on {name}"
+        ons = osec / (R * T) * 1e9
+        random_other = random_other or ons
+        cells = [name, f"{ns:.1f}", f"{ns / random_ns:.2f}", f"{ons:.1f}", f"{ons / random_other:.2f}",
+                 f"{ons / ns:.2f}"]
         P = args.baseline_routes
         qp = np.ascontiguousarray(qb[0, :, :P].T).astype(np.int64)
         kp = np.ascontiguousarray(kb[0, :, :P].T).astype(np.int64)
@@ -116,16 +122,24 @@ def main(argv=None):
         bns = bsec / (P * T) * 1e9
         row(cells + [f"{bns:.1f}", f"{bns / ns:.1f}x"])
 
+    print("\nUniform random, one thread, τ only and with counterfactuals (ns per (route, token)):\n")
+    table(["outputs", "rosa_match", other, f"{other} / rosa_match"], False)
+    for want_cf in (False, True):
+        sec, m = run(*uniform, 1, dense_mode, want_cf)
+        osec, mo = run(*uniform, 1, other_mode, want_cf)
+        assert torch.equal(mo.tau, m.tau), f"the {other} disagrees on uniform random"
+        row(["with counterfactuals" if want_cf else "τ only", f"{sec / (R * T) * 1e9:.1f}",
+             f"{osec / (R * T) * 1e9:.1f}", f"{osec / sec:.2f}"])
+
     print("\nThread scaling, uniform random, 4·R pairs:\n")
-    table(["threads", "dense rows, ns per (route, token) wall" if sparse else "ns per (route, token) wall", "speed-up"]
-          + (["sparse layout", "speed-up"] if sparse else []), True)
+    table(["threads", "rosa_match, ns per (route, token) wall", "speed-up", other, "speed-up"], True)
     qb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
     kb = rng.integers(0, 1 << bits, (2, T, 2 * R)).astype(np.uint8)
     pairs = qb.shape[0] * qb.shape[2]
     one = {}
     for threads in sorted({1, 2, len(os.sched_getaffinity(0))}):
         cells = [str(threads)]
-        for mode in ([dense_mode, sparse_mode] if sparse else [dense_mode]):
+        for mode in (dense_mode, other_mode):
             sec, _ = run(qb, kb, threads, mode)
             ns = sec / (pairs * T) * 1e9
             one.setdefault(mode, ns)
