@@ -689,65 +689,79 @@ def gather_queries(const uint8_t[:, :, ::1] q, bint btr, uint8_t[:, :, ::1] q_sy
             num_q_runs[b, r] = runs
 
 
+# The pipeline's entry points: count_q_runs, match_into (narrow outputs into caller buffers, cached arenas).
+include "match_into.pxi"
+
+
 def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, int bits,
           int32_t[:, :, ::1] tau, int32_t[::1] cf, int64_t nq_max, bint want_cf,
           int num_threads, int mode):
     """Run the scan for every pair. q_sym: [B, R, T]; k: [B, T, R] if btr else [B, R, T].
 
     Writes tau [B, R, T] and, when want_cf, cf (flat [B, R, nq_max, bits]; every entry is written).
-    One arena per thread, allocated once per call.
+    One arena per thread: match_into's cached arenas (kept between calls, ``release_arenas`` frees them), or arenas
+    of this call's own when another thread is using the cache. Pairs are handed to threads one at a time.
     """
+    global _cache_busy
     cdef int64_t B = tau.shape[0], R = tau.shape[1], T = tau.shape[2]
     cdef int64_t pair, b, r, i, stride = R if btr else 1
-    cdef int nthreads = num_threads, tid
-    cdef Sam *arenas
+    cdef int nthreads = max(1, num_threads), tid
+    cdef Arenas own
+    cdef Arenas *ar
+    cdef bint cached = False
+    cdef Sam *S
     cdef uint8_t *kbufs
     cdef int32_t *cfp
     cdef const uint8_t *ksrc
-    cdef int failed = 0
-    if nthreads < 1:
-        nthreads = 1
-    arenas = <Sam *> calloc(nthreads, sizeof(Sam))
+    if B * R == 0 or T == 0:
+        return
+    if nthreads > B * R:
+        nthreads = <int> (B * R)
     kbufs = <uint8_t *> malloc(nthreads * T)
-    if arenas == NULL or kbufs == NULL:
-        free(arenas); free(kbufs)
-        raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
-    for tid in range(nthreads):
-        if sam_alloc(&arenas[tid], bits, 2 * T + 2, T + 1, mode & MODE_WIDE,
-                     (mode & MODE_PATH_MASK) != MODE_NAIVE, want_sparse(bits, 2 * T + 2, mode)) != 0:
-            failed = 1
-        arenas[tid].group_rows = 1
-    if failed:
-        for tid in range(nthreads):
-            sam_free(&arenas[tid])
-        free(arenas); free(kbufs)
-        raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
-    with nogil:
-        for pair in prange(B * R, num_threads=nthreads, schedule="static"):
-            tid = threadid()
-            b = pair // R
-            r = pair % R
-            if btr:
-                ksrc = &k[b, 0, r]
-            else:
-                ksrc = &k[b, r, 0]
-            gather(ksrc, stride, T, kbufs + tid * T)
-            sam_reset(&arenas[tid], mode, 0)
-            cfp = NULL
-            if want_cf:
-                cfp = &cf[pair * nq_max * bits]
-            scan_any(<NoJournal *> NULL, &arenas[tid], &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
-            if want_cf:
-                for i in range(arenas[tid].nq * bits, nq_max * bits):
-                    cfp[i] = -1
-    for tid in range(nthreads):
-        sam_free(&arenas[tid])
-    free(arenas)
-    free(kbufs)
-
-
-# The pipeline's entry points: count_q_runs, match_into (narrow outputs into caller buffers, cached arenas).
-include "match_into.pxi"
+    if kbufs == NULL:
+        raise MemoryError("rosa_match: cannot allocate the per-thread key buffers")
+    own.sams = NULL
+    if not _cache_busy:
+        _cache_busy = True
+        cached = True
+        if not arenas_fit(&_cache, nthreads, bits, T, mode):
+            arenas_free(&_cache)
+            if arenas_alloc(&_cache, nthreads, bits, T, mode) != 0:
+                _cache_busy = False
+                free(kbufs)
+                raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
+        ar = &_cache
+    else:
+        if arenas_alloc(&own, nthreads, bits, T, mode) != 0:
+            free(kbufs)
+            raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
+        ar = &own
+    try:
+        with nogil:
+            for pair in prange(B * R, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                tid = threadid()
+                S = &ar.sams[tid]
+                b = pair // R
+                r = pair % R
+                if btr:
+                    ksrc = &k[b, 0, r]
+                else:
+                    ksrc = &k[b, r, 0]
+                gather(ksrc, stride, T, kbufs + tid * T)
+                sam_reset(S, mode, 0)
+                cfp = NULL
+                if want_cf:
+                    cfp = &cf[pair * nq_max * bits]
+                scan_any(<NoJournal *> NULL, S, &q_sym[b, r, 0], kbufs + tid * T, T, &tau[b, r, 0], cfp)
+                if want_cf:
+                    for i in range(S.nq * bits, nq_max * bits):
+                        cfp[i] = -1
+    finally:
+        if cached:
+            _cache_busy = False
+        else:
+            arenas_free(&own)
+        free(kbufs)
 
 
 # ---------------------------------------------------------------- streaming state for inference

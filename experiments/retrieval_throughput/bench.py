@@ -158,7 +158,7 @@ def main(argv=None):
     A = 1 << bits
     ids = 2 if 2 * T + 2 <= 65535 else 4   # uint16 state ids while the states fit, else int32
     arena = (2 * T + 2) * (A + 4 + 4) * ids + 4 * (T + 1) + T   # rows + record + LCT record
-    print(f"\nTraining arena (dense, {8 * ids}-bit ids, per thread, transient): "
+    print(f"\nTraining arena (dense, {8 * ids}-bit ids, per thread, kept between calls): "
           f"{arena / T:.0f} bytes per token of T.")
 
 

@@ -52,6 +52,10 @@ def rosa_match(q, k, bits: int, num_threads: Optional[int] = None, *, want_cf: b
     Returns:
         RosaMatch with tau int32 [B, R, T], cf int32 [B, R, NQ, bits] (or None), num_q_runs
         int32 [B, R], q_sym uint8 [B, R, T].
+
+    The kernel's per-thread arenas (about 1.1 kB per position of T and thread at bits = 8, 0.1 kB at bits = 4) are
+    kept between calls and shared with ``match_narrow``; ``rosa_lightning.retrieval._native.release_arenas()``
+    frees them.
     """
     bits = check_bits(bits)
     if layout not in _LAYOUTS:

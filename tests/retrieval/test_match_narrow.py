@@ -151,3 +151,54 @@ def test_concurrent_calls_are_exact():
         t.join()
     for (tau, cf), (g_tau, g_cf) in zip(want, got):
         assert torch.equal(g_tau.int(), tau) and torch.equal(g_cf.int(), cf)
+
+
+def reference_batch(q, k, bits):
+    """tau [B, R, T] and the flipped counterfactuals of every pair from the pure-Python reference."""
+    from rosa_lightning.retrieval.reference import scan_pair_reference
+
+    B, R, T = q.shape
+    return [[scan_pair_reference(q[b, r].tolist(), k[b, r].tolist(), bits)["tau"] for r in range(R)]
+            for b in range(B)]
+
+
+def test_rosa_match_shares_the_cached_arenas():
+    """rosa_match keeps its arenas between calls in the cache match_narrow uses; the two entries interleaved over
+    growing, shrinking and changing requests (bits 8 rows left in an arena that bits 4 and bits 8 reuse) stay equal
+    to the reference, and release_arenas frees what they kept."""
+    _native.release_arenas()
+    steps = [("rosa", 250, 8, 2), ("narrow", 120, 4, 1), ("rosa", 300, 8, 1), ("narrow", 260, 8, 2),
+             ("rosa", 40, 4, 2), ("rosa", 260, 8, 2)]
+    for i, (entry, T, bits, threads) in enumerate(steps):
+        q, k = batch(KINDS, 1, 4, T, bits, seed=30 + i)
+        if entry == "rosa":
+            tau = rosa_match(q, k, bits, num_threads=threads, layout="BRT").tau
+        else:
+            tau = match_narrow(q, k, bits, threads)[0].int()
+        assert tau.tolist() == reference_batch(q, k, bits)
+        assert _native.arena_bytes() > 0
+    assert _native.release_arenas() and _native.arena_bytes() == 0
+
+
+def test_rosa_match_and_match_narrow_concurrently():
+    """Threads calling both entries at once: one holds the cache, the others scan on arenas of their own; every
+    result equals the same call made alone."""
+    inputs = [batch(KINDS, 1, 5, 400, bits, seed=s) for s, bits in enumerate((8, 4, 8, 4))]
+    want = [expected(q, k, bits) for (q, k), bits in zip(inputs, (8, 4, 8, 4))]
+    got = [None] * len(inputs)
+
+    def run(i, bits):
+        for _ in range(3):
+            if i % 2:
+                got[i] = tuple(x.int() for x in match_narrow(*inputs[i], bits, 1))
+            else:
+                m = rosa_match(*inputs[i], bits, num_threads=1, layout="BRT")
+                got[i] = (m.tau, m.cf)
+
+    threads = [threading.Thread(target=run, args=(i, bits)) for i, bits in enumerate((8, 4, 8, 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (tau, cf), (g_tau, g_cf) in zip(want, got):
+        assert torch.equal(g_tau, tau) and torch.equal(g_cf, cf)
