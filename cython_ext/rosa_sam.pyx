@@ -654,6 +654,11 @@ cdef inline void scan_any(jr_t *jr, Sam *S, const uint8_t *q, const uint8_t *k, 
 
 # ---------------------------------------------------------------- batched training entry points
 
+cdef inline const uint8_t *pair_row(const uint8_t[:, :, ::1] a, bint btr, int64_t b, int64_t r) noexcept nogil:
+    """The first symbol of pair (b, r) of a ([B, T, R] if btr, else [B, R, T])."""
+    return &a[b, 0, r] if btr else &a[b, r, 0]
+
+
 cdef inline void gather(const uint8_t *src, int64_t stride, int64_t n, uint8_t *dst) noexcept nogil:
     cdef int64_t t
     if stride == 1:
@@ -669,19 +674,14 @@ def gather_queries(const uint8_t[:, :, ::1] q, bint btr, uint8_t[:, :, ::1] q_sy
     cdef int64_t B = q_sym.shape[0], R = q_sym.shape[1], T = q_sym.shape[2]
     cdef int64_t pair, b, r, t, stride
     cdef int32_t runs
-    cdef const uint8_t *src
     cdef uint8_t *dst
     stride = R if btr else 1
     with nogil:
         for pair in prange(B * R, num_threads=num_threads, schedule="static"):
             b = pair // R
             r = pair % R
-            if btr:
-                src = &q[b, 0, r]
-            else:
-                src = &q[b, r, 0]
             dst = &q_sym[b, r, 0]
-            gather(src, stride, T, dst)
+            gather(pair_row(q, btr, b, r), stride, T, dst)
             runs = 1
             for t in range(1, T):
                 if dst[t] != dst[t - 1]:
@@ -712,7 +712,6 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
     cdef Sam *S
     cdef uint8_t *kbufs
     cdef int32_t *cfp
-    cdef const uint8_t *ksrc
     if B * R == 0 or T == 0:
         return
     if nthreads > B * R:
@@ -743,11 +742,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
                 S = &ar.sams[tid]
                 b = pair // R
                 r = pair % R
-                if btr:
-                    ksrc = &k[b, 0, r]
-                else:
-                    ksrc = &k[b, r, 0]
-                gather(ksrc, stride, T, kbufs + tid * T)
+                gather(pair_row(k, btr, b, r), stride, T, kbufs + tid * T)
                 sam_reset(S, mode, 0)
                 cfp = NULL
                 if want_cf:

@@ -18,11 +18,15 @@ from .test_kernel import assert_matches, run_pair
 BITS = 4
 
 
-def both(q, k, mode=MODE_HYBRID, want_cf=True, threads=1):
-    """The fast loop's and the generic loop's results of the same [B, T, R] input."""
-    fast = rosa_match(q, k, BITS, num_threads=threads, want_cf=want_cf, _mode=mode)
-    generic = rosa_match(q, k, BITS, num_threads=threads, want_cf=want_cf, _mode=mode | MODE_GENERIC)
-    return fast, generic
+def check_batch(q, k, bits, mode):
+    """A [B, T, R] input on the fast loop equals the generic loop and the pure link-cut tree, at one and two
+    threads, with and without counterfactuals."""
+    fast = rosa_match(q, k, bits, num_threads=1, want_cf=True, _mode=mode)
+    assert_same(fast, rosa_match(q, k, bits, num_threads=1, want_cf=True, _mode=mode | MODE_GENERIC))
+    assert_same(fast, rosa_match(q, k, bits, num_threads=1, want_cf=True, _mode=MODE_LCT))
+    assert_same(fast, rosa_match(q, k, bits, num_threads=2, want_cf=True, _mode=mode))
+    tau_only = rosa_match(q, k, bits, num_threads=1, want_cf=False, _mode=mode)
+    assert torch.equal(tau_only.tau, fast.tau)
 
 
 def assert_same(a, b):
@@ -33,44 +37,56 @@ def assert_same(a, b):
 
 
 @st.composite
-def pairs4(draw):
+def pairs(draw, bits=BITS, few_symbols=False):
+    """One (q, k) pair of a generator kind; with few_symbols, sometimes mapped onto 1..6 drawn symbols."""
     kind = draw(st.sampled_from(KINDS))
     T = draw(st.integers(1, 400))
     seed = draw(st.integers(0, 2**32 - 1))
-    q, k = make_pair(kind, T, BITS, np.random.default_rng(seed))
+    q, k = make_pair(kind, T, bits, np.random.default_rng(seed))
+    if few_symbols and draw(st.booleans()):
+        alphabet = np.array(draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=1, max_size=6)))
+        q, k = alphabet[q % len(alphabet)], alphabet[k % len(alphabet)]
     return q.tolist(), k.tolist()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=pairs4(), want_cf=st.booleans())
-def test_fast_loop_equals_reference_and_generic(case, want_cf):
-    q, k = case
-    fast = run_pair(q, k, BITS, MODE_HYBRID, want_cf=want_cf)
-    generic = run_pair(q, k, BITS, MODE_HYBRID | MODE_GENERIC, want_cf=want_cf)
+def check_fast_loop(q, k, bits, want_cf):
+    """One pair on the fast loop equals the generic loop and the reference."""
+    fast = run_pair(q, k, bits, MODE_HYBRID, want_cf=want_cf)
+    generic = run_pair(q, k, bits, MODE_HYBRID | MODE_GENERIC, want_cf=want_cf)
     assert_same(fast, generic)
-    expected = scan_pair_reference(q, k, BITS)
+    expected = scan_pair_reference(q, k, bits)
     assert fast.tau[0, 0].tolist() == expected["tau"]
     if want_cf:
-        assert_matches(fast, expected, q, BITS)
+        assert_matches(fast, expected, q, bits)
 
 
-def adversarial(T, rng):
-    """[1, T, R] pairs that stress the loop: uniform, every period 1..16 (q shifted or not), long runs, blocks
-    copied at random offsets, a 2-symbol alphabet (deep chains, frequent clones) and the full alphabet in order."""
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=pairs(), want_cf=st.booleans())
+def test_fast_loop_equals_reference_and_generic(case, want_cf):
+    check_fast_loop(*case, BITS, want_cf)
+
+
+def adversarial(T, rng, bits=BITS, periods=range(1, 17), extra=None):
+    """[1, T, R] pairs that stress the loop at 2**bits symbols: uniform, every period in ``periods`` (q shifted or
+    not), long runs, blocks copied at random offsets, a 2-symbol alphabet (deep chains, frequent clones), the
+    columns ``extra(T, rng)`` returns, and the full alphabet in order."""
+    A = 1 << bits
     cols = []
-    for p in range(1, 17):
-        base = rng.integers(0, 16, p)
+    for p in periods:
+        base = rng.integers(0, A, p)
         k = np.resize(base, T)
         cols.append((np.roll(k, -int(rng.integers(0, p))), k))
-    cols.append((rng.integers(0, 16, T), rng.integers(0, 16, T)))
-    runs = np.repeat(rng.integers(0, 16, T), rng.integers(1, 40, T))[:T]
+    cols.append((rng.integers(0, A, T), rng.integers(0, A, T)))
+    runs = np.repeat(rng.integers(0, A, T), rng.integers(1, 40, T))[:T]
     cols.append((np.roll(runs, 3), runs))
-    block = rng.integers(0, 16, 97)
-    copies = np.concatenate([block if rng.random() < 0.5 else rng.integers(0, 16, 97) for _ in range(T // 97 + 1)])[:T]
+    block = rng.integers(0, A, 97)
+    copies = np.concatenate([block if rng.random() < 0.5 else rng.integers(0, A, 97) for _ in range(T // 97 + 1)])[:T]
     cols.append((copies, copies))
-    two = rng.integers(0, 2, T) * 15
+    two = rng.integers(0, 2, T) * (A - 1)
     cols.append((two[::-1].copy(), two))
-    ramp = np.arange(T) % 16
+    if extra is not None:
+        cols += extra(T, rng)
+    ramp = np.arange(T) % A
     cols.append((ramp, ramp))
     q = np.stack([c[0] for c in cols], axis=1)[None].astype(np.int32)
     k = np.stack([c[1] for c in cols], axis=1)[None].astype(np.int32)
@@ -83,12 +99,7 @@ def test_adversarial_inputs_at_training_length(mode):
     the link-cut tree; every pair equals the generic loop and the pure link-cut tree, at one and two threads (the
     naive path, which never switches, at T = 6000)."""
     q, k = adversarial(16384 if mode == MODE_HYBRID else 6000, np.random.default_rng(7))  # naive: quadratic here
-    fast, generic = both(q, k, mode)
-    assert_same(fast, generic)
-    assert_same(fast, rosa_match(q, k, BITS, num_threads=1, want_cf=True, _mode=MODE_LCT))
-    assert_same(fast, rosa_match(q, k, BITS, num_threads=2, want_cf=True, _mode=mode))
-    tau_only = rosa_match(q, k, BITS, num_threads=1, want_cf=False, _mode=mode)
-    assert torch.equal(tau_only.tau, fast.tau)
+    check_batch(q, k, BITS, mode)
 
 
 def test_stream_switches_inside_the_fast_loop():

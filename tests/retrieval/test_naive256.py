@@ -9,76 +9,34 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rosa_lightning.retrieval import RosaStream, rosa_match
-from rosa_lightning.retrieval._native import MODE_GENERIC, MODE_HYBRID, MODE_LCT, MODE_NAIVE
+from rosa_lightning.retrieval._native import MODE_GENERIC, MODE_HYBRID, MODE_NAIVE
 from rosa_lightning.retrieval.match import match_narrow
-from rosa_lightning.retrieval.reference import scan_pair_reference
 
 from ._gen import KINDS, make_pair
-from .test_kernel import assert_matches, run_pair
-from .test_naive16 import assert_same
+from .test_naive16 import adversarial as adversarial16
+from .test_naive16 import check_batch, check_fast_loop, pairs
 
 BITS = 8
-A = 1 << BITS
-
-
-def both(q, k, mode=MODE_HYBRID, want_cf=True, threads=1):
-    fast = rosa_match(q, k, BITS, num_threads=threads, want_cf=want_cf, _mode=mode)
-    generic = rosa_match(q, k, BITS, num_threads=threads, want_cf=want_cf, _mode=mode | MODE_GENERIC)
-    return fast, generic
-
-
-@st.composite
-def pairs8(draw):
-    kind = draw(st.sampled_from(KINDS))
-    T = draw(st.integers(1, 400))
-    seed = draw(st.integers(0, 2**32 - 1))
-    q, k = make_pair(kind, T, BITS, np.random.default_rng(seed))
-    if draw(st.booleans()):
-        # A few symbols only, all in two groups or spread over all of them: deep chains, shared and distinct groups.
-        alphabet = np.array(draw(st.lists(st.integers(0, A - 1), min_size=1, max_size=6)))
-        q, k = alphabet[q % len(alphabet)], alphabet[k % len(alphabet)]
-    return q.tolist(), k.tolist()
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=pairs8(), want_cf=st.booleans())
+# Few-symbol alphabets: all in one or two groups or spread over several (deep chains, shared and distinct groups).
+@given(case=pairs(BITS, few_symbols=True), want_cf=st.booleans())
 def test_fast_loop_equals_reference_and_generic(case, want_cf):
-    q, k = case
-    fast = run_pair(q, k, BITS, MODE_HYBRID, want_cf=want_cf)
-    generic = run_pair(q, k, BITS, MODE_HYBRID | MODE_GENERIC, want_cf=want_cf)
-    assert_same(fast, generic)
-    expected = scan_pair_reference(q, k, BITS)
-    assert fast.tau[0, 0].tolist() == expected["tau"]
-    if want_cf:
-        assert_matches(fast, expected, q, BITS)
+    check_fast_loop(*case, BITS, want_cf)
+
+
+def group_columns(T, rng):
+    """Two symbols of one group, two of two groups, and every flip of one symbol (a ^ 2^j: each probe in another
+    group)."""
+    one_group = np.array([17, 30])[rng.integers(0, 2, T)]
+    two_groups = np.array([3, 200])[rng.integers(0, 2, T)]
+    flips = np.array([77] + [77 ^ (1 << j) for j in range(8)])
+    return [(one_group[::-1].copy(), one_group), (two_groups[::-1].copy(), two_groups),
+            (flips[rng.integers(0, 9, T)], flips[rng.integers(0, 9, T)])]
 
 
 def adversarial(T, rng):
-    """[1, T, R] pairs: uniform, periods 1..12 and 64 (q shifted or not), long runs, copied blocks, two symbols of one
-    group and of two groups, every flip of one symbol (a ^ 2^j: each probe hits a different group), a ramp."""
-    cols = []
-    for p in list(range(1, 13)) + [64]:
-        base = rng.integers(0, A, p)
-        k = np.resize(base, T)
-        cols.append((np.roll(k, -int(rng.integers(0, p))), k))
-    cols.append((rng.integers(0, A, T), rng.integers(0, A, T)))
-    runs = np.repeat(rng.integers(0, A, T), rng.integers(1, 40, T))[:T]
-    cols.append((np.roll(runs, 3), runs))
-    block = rng.integers(0, A, 97)
-    copies = np.concatenate([block if rng.random() < 0.5 else rng.integers(0, A, 97) for _ in range(T // 97 + 1)])[:T]
-    cols.append((copies, copies))
-    one_group = np.array([17, 30])[rng.integers(0, 2, T)]
-    cols.append((one_group[::-1].copy(), one_group))
-    two_groups = np.array([3, 200])[rng.integers(0, 2, T)]
-    cols.append((two_groups[::-1].copy(), two_groups))
-    flips = np.array([77] + [77 ^ (1 << j) for j in range(8)])
-    kf = flips[rng.integers(0, 9, T)]
-    cols.append((flips[rng.integers(0, 9, T)], kf))
-    ramp = np.arange(T) % A
-    cols.append((ramp, ramp))
-    q = np.stack([c[0] for c in cols], axis=1)[None].astype(np.int32)
-    k = np.stack([c[1] for c in cols], axis=1)[None].astype(np.int32)
-    return q, k
+    """[1, T, R] pairs: the bits-4 loop's stress inputs at 256 symbols (periods 1..12 and 64) and the group columns."""
+    return adversarial16(T, rng, bits=BITS, periods=list(range(1, 13)) + [64], extra=group_columns)
 
 
 @pytest.mark.parametrize("mode", [MODE_HYBRID, MODE_NAIVE], ids=["hybrid", "naive"])
@@ -88,12 +46,7 @@ def test_adversarial_inputs_at_training_length(mode):
     threads; one thread scans the pairs in turn in one arena, so each pair starts on the rows the one before left
     (the naive path, which never switches, at T = 5000)."""
     q, k = adversarial(16384 if mode == MODE_HYBRID else 5000, np.random.default_rng(7))
-    fast, generic = both(q, k, mode)
-    assert_same(fast, generic)
-    assert_same(fast, rosa_match(q, k, BITS, num_threads=1, want_cf=True, _mode=MODE_LCT))
-    assert_same(fast, rosa_match(q, k, BITS, num_threads=2, want_cf=True, _mode=mode))
-    tau_only = rosa_match(q, k, BITS, num_threads=1, want_cf=False, _mode=mode)
-    assert torch.equal(tau_only.tau, fast.tau)
+    check_batch(q, k, BITS, mode)
 
 
 def test_stale_rows_of_earlier_pairs():
