@@ -13,9 +13,9 @@
 #     the row is read only where the group has a transition (the dense layout reads a row line for every test).
 # The new state's row is prefetched for writing, line by line, when the state is made. Measured on the project's
 # machine: without that the loop took about 1.8x the dense rows' CPU time, although it ran a third fewer
-# instructions and had fewer simulated cache misses (the dense rows' 512-byte memset is a sequential store stream
-# that keeps the lines of the newest rows, which the next extends write, arriving in time); with it, it takes
-# about 0.7x (experiments/retrieval_throughput/README.md).
+# instructions and had fewer simulated cache misses (presumably because the dense rows' 512-byte memset is a
+# sequential store stream that keeps the lines of the newest rows, which the next extends write, arriving in time);
+# with it, it takes about 0.7x (experiments/retrieval_throughput/README.md).
 # The root's row stays whole (``sam_reset`` zeroes it, and a group is only zeroed where it has no transition), so
 # root lookups need no group test.
 #
