@@ -89,6 +89,36 @@ cdef bint arenas_fit(Arenas *a, int n, int bits, int64_t T, int mode) noexcept n
             and a.mode_flags == arena_flags(bits, T, mode))
 
 
+cdef Arenas *arenas_acquire(Arenas *own, int n, int bits, int64_t T, int mode, bint *cached, str who) except NULL:
+    """The cached arenas, fitted to the request (cached[0] = True), or, when another call holds the cache, ``own``
+    allocated for this call alone. Raises MemoryError naming ``who``. Every acquire is paired with
+    ``arenas_release``. Called with the GIL held, which makes the busy flag's test and set one step."""
+    global _cache_busy
+    own.sams = NULL
+    cached[0] = False
+    if not _cache_busy:
+        _cache_busy = True
+        cached[0] = True
+        if not arenas_fit(&_cache, n, bits, T, mode):
+            arenas_free(&_cache)
+            if arenas_alloc(&_cache, n, bits, T, mode) != 0:
+                _cache_busy = False
+                raise MemoryError(f"{who}: cannot allocate the per-thread arenas")
+        return &_cache
+    if arenas_alloc(own, n, bits, T, mode) != 0:
+        raise MemoryError(f"{who}: cannot allocate the per-thread arenas")
+    return own
+
+
+cdef void arenas_release(Arenas *own, bint cached):
+    """Give back what ``arenas_acquire`` returned: the cache becomes free again, or ``own`` is freed."""
+    global _cache_busy
+    if cached:
+        _cache_busy = False
+    else:
+        arenas_free(own)
+
+
 def _test_sparse_table_slots(int64_t slots):
     """Tests only: sparse tables of ``slots`` slots (a power of two; 0 = the size the arena needs) from the next
     arena allocation on; the cached arenas are released."""
@@ -199,7 +229,6 @@ def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits,
     ``cf`` (flat, B * R * nq_max * bits), numpy int16 or int32 arrays of the same dtype (either unused, and then
     of any length >= 1, when its flag is off). Returns None, or (pair, symbol) of a pair whose keys exceed
     2**bits - 1 (nothing was written for that pair)."""
-    global _cache_busy
     cdef int64_t B = q.shape[0], R = q.shape[1], T = q.shape[2]
     cdef int nthreads = max(1, num_threads)
     cdef Arenas own
@@ -216,28 +245,12 @@ def match_into(const uint8_t[:, :, ::1] q, const uint8_t[:, :, ::1] k, int bits,
     if nthreads > B * R:
         nthreads = <int> (B * R)
     bad = array_module.array("i", [-1] * (2 * nthreads))
-    own.sams = NULL
-    if not _cache_busy:
-        _cache_busy = True
-        cached = True
-        if not arenas_fit(&_cache, nthreads, bits, T, mode):
-            arenas_free(&_cache)
-            if arenas_alloc(&_cache, nthreads, bits, T, mode) != 0:
-                _cache_busy = False
-                raise MemoryError("rosa match_into: cannot allocate the per-thread arenas")
-        ar = &_cache
-    else:
-        if arenas_alloc(&own, nthreads, bits, T, mode) != 0:
-            raise MemoryError("rosa match_into: cannot allocate the per-thread arenas")
-        ar = &own
+    ar = arenas_acquire(&own, nthreads, bits, T, mode, &cached, "rosa match_into")
     try:
         with nogil:
             match_pairs(q, k, bits, &tau[0], &cf[0], nq_max, want_tau, want_cf, ar, nthreads, mode, &bad[0])
     finally:
-        if cached:
-            _cache_busy = False
-        else:
-            arenas_free(&own)
+        arenas_release(&own, cached)
     for t in range(nthreads):
         if bad[2 * t] >= 0:
             return (int(bad[2 * t]), int(bad[2 * t + 1]))

@@ -702,7 +702,6 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
     One arena per thread: match_into's cached arenas (kept between calls, ``release_arenas`` frees them), or arenas
     of this call's own when another thread is using the cache. Pairs are handed to threads one at a time.
     """
-    global _cache_busy
     cdef int64_t B = tau.shape[0], R = tau.shape[1], T = tau.shape[2]
     cdef int64_t pair, b, r, i, stride = R if btr else 1
     cdef int nthreads = max(1, num_threads), tid
@@ -719,22 +718,11 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
     kbufs = <uint8_t *> malloc(nthreads * T)
     if kbufs == NULL:
         raise MemoryError("rosa_match: cannot allocate the per-thread key buffers")
-    own.sams = NULL
-    if not _cache_busy:
-        _cache_busy = True
-        cached = True
-        if not arenas_fit(&_cache, nthreads, bits, T, mode):
-            arenas_free(&_cache)
-            if arenas_alloc(&_cache, nthreads, bits, T, mode) != 0:
-                _cache_busy = False
-                free(kbufs)
-                raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
-        ar = &_cache
-    else:
-        if arenas_alloc(&own, nthreads, bits, T, mode) != 0:
-            free(kbufs)
-            raise MemoryError("rosa_match: cannot allocate the per-thread arenas")
-        ar = &own
+    try:
+        ar = arenas_acquire(&own, nthreads, bits, T, mode, &cached, "rosa_match")
+    except MemoryError:
+        free(kbufs)
+        raise
     try:
         with nogil:
             for pair in prange(B * R, num_threads=nthreads, schedule="dynamic", chunksize=1):
@@ -752,10 +740,7 @@ def match(const uint8_t[:, :, ::1] q_sym, const uint8_t[:, :, ::1] k, bint btr, 
                     for i in range(S.nq * bits, nq_max * bits):
                         cfp[i] = -1
     finally:
-        if cached:
-            _cache_busy = False
-        else:
-            arenas_free(&own)
+        arenas_release(&own, cached)
         free(kbufs)
 
 
