@@ -99,7 +99,7 @@ cdef int64_t scan_naive256(Sam *S, const uint8_t *q, const uint8_t *k, int64_t n
     cdef int32_t adv = S.adv, lastq = S.lastq, lastk = S.lastk
     cdef int64_t nq = S.nq, length = S.length, work = S.work
     cdef bint hybrid = S.mode == MODE_HYBRID
-    cdef int64_t i, cur, v, w, clone, u, ns, nn, steps, link_cur, e1, clen, t, d, dflip, da
+    cdef int64_t i, cur, v, w, clone, u, ns, steps, link_cur, e1, clen, t, d, dflip, da
     cdef int32_t x, a, j, g
     cdef uint64_t r, rw
     cdef uint32_t m, pend, hit

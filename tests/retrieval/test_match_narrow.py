@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rosa_lightning.retrieval import _native, rosa_match
 from rosa_lightning.retrieval.match import match_narrow
+from rosa_lightning.retrieval.reference import scan_pair_reference
 
 from ._gen import KINDS, make_pair
 from ._vectors import load_cases
@@ -154,9 +155,7 @@ def test_concurrent_calls_are_exact():
 
 
 def reference_batch(q, k, bits):
-    """tau [B, R, T] and the flipped counterfactuals of every pair from the pure-Python reference."""
-    from rosa_lightning.retrieval.reference import scan_pair_reference
-
+    """tau [B, R, T] (as nested lists) of every pair from the pure-Python reference."""
     B, R, T = q.shape
     return [[scan_pair_reference(q[b, r].tolist(), k[b, r].tolist(), bits)["tau"] for r in range(R)]
             for b in range(B)]
