@@ -60,8 +60,12 @@ TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b
 BIN = 32  # tokens per bin of the perplexity-by-position curve
 # The pretraining: a row-length ladder of experiment=pretrain_code_copy (README, "Probes"): content copying forms on
 # short rows and carries over as the rows double; 4,096 tokens per step at every rung.
+# Then three rungs at 512 that add RULER-style needles to the mix (niah 2, then 4, beside repeat 1 and digest 1), on
+# which the global model learns to find the needle's value (README, "A backbone that finds the needle").
+NIAH_RUNGS = [{"seq_len": 512, "batch": 8, "steps": steps, "overrides": [f"data.source.kinds.niah={w}"]}
+              for steps, w in ((600, 2), (900, 4), (1200, 4))]
 LADDER = [{"seq_len": 128, "batch": 32, "steps": 1800}, {"seq_len": 256, "batch": 16, "steps": 400},
-          {"seq_len": 512, "batch": 8, "steps": 400}]
+          {"seq_len": 512, "batch": 8, "steps": 400}, *NIAH_RUNGS]
 PUBLISHED_OPTIONS = ["model/rosa/inputs=published", "model/rosa/grad=published", "model.rosa.bits=4"]
 
 
@@ -69,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few files (pipeline check)")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
-    p.add_argument("--out", type=Path, default=HERE, help="where results.* and the plots are written")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where results.* and the plots are written (default: this folder, whose README holds the "
+                        "table, for every arm; <logs>/report for a subset, so a partial run leaves it alone)")
     p.add_argument("--logs", type=Path, default=ROOT / "logs" / "retrofit_recovery", help="run folders")
     p.add_argument("--stage-a-steps", type=int, default=None,
                    help="stage-A steps of the trained ROSA and token arms (default: 1,000; the smoke run 2); a "
@@ -293,6 +299,16 @@ def copy_loss_curves(module, s: dict, source) -> dict:
     return out
 
 
+def niah_value_scores(module, tokenizer, s: dict) -> dict:
+    """Per NIAH length (str): ``niah_probe.niah_answer_scores`` on the evaluation's own samples (RULER's generator,
+    seed 42): the loss on the value's first token, where finding the needle shows before any whole value is right."""
+    from experiments.retrofit_recovery.niah_probe import niah_answer_scores
+    from rosa_lightning.evaluation.niah import generate_niah
+
+    return {str(n): niah_answer_scores(module.model, tokenizer, generate_niah(tokenizer, n, s["niah_samples"], seed=42))
+            for n in s["niah"]}
+
+
 def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, tokenizer, best_a: str | None) -> dict:
     """Train (the ROSA and token arms) or build the arm, then evaluate it; cached in ``<arm>/result.json`` (an arm
     cached without the copy losses of ``COPY_KEYS`` gets them added, nothing else evaluated again)."""
@@ -301,12 +317,13 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     cached = logs / arm / "result.json"
     if cached.is_file():
         result = json.loads(cached.read_text())
-        if all(k in result for k in COPY_KEYS):
+        if all(k in result for k in COPY_KEYS) and "niah_value" in result:
             return result
         cfg = arm_config(arm, s, logs, backbone, best_a)
         module, _ = arm_module(arm, cfg, logs)
         module.eval()
         result.update(copy_loss_curves(module, s, hydra.utils.instantiate(cfg.data.source)))
+        result["niah_value"] = niah_value_scores(module, tokenizer, s)
         cached.write_text(json.dumps(result))
         return result
     cfg = arm_config(arm, s, logs, backbone, best_a)
@@ -329,6 +346,7 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
     result.update(copy_loss_curves(module, s, source))
+    result["niah_value"] = niah_value_scores(module, tokenizer, s)
     result["eval_s"] = clock()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
@@ -450,6 +468,8 @@ def summarize(results: dict, s: dict) -> dict:
         row["ppl_beyond_window"] = perplexity(r["loss_by_position"][W:])
         row["ppl_repeat"] = perplexity(r["repeat_loss"])
         row["ppl_digest"] = perplexity(r["digest_loss"])
+        for n, v in r.get("niah_value", {}).items():
+            row[f"ppl_niah_value_{n}"] = math.exp(v["first"])
         for kind in ("repeat", "digest"):  # arms evaluated before the first-copy losses have none
             if f"{kind}_first_loss" in r:
                 row[f"ppl_{kind}_first"] = perplexity(r[f"{kind}_first_loss"])
@@ -470,11 +490,13 @@ def summarize(results: dict, s: dict) -> dict:
 def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     W, L = s["window"], s["seq_len"]
-    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], "ppl_beyond_window", "ppl_repeat", "ppl_digest"]
+    keys = ["lcc", "repobench-p", *[f"niah_{n}" for n in s["niah"]], *[f"ppl_niah_value_{n}" for n in s["niah"]],
+            "ppl_beyond_window", "ppl_repeat", "ppl_digest"]
     names = {"lcc": "lcc", "repobench-p": "repobench-p", "ppl_beyond_window": f"ppl t ≥ {W}",
              "ppl_repeat": "ppl code block, 2nd copy", "ppl_digest": "ppl digests, 2nd copy",
              "ppl_repeat_first": "ppl code block, 1st copy", "ppl_digest_first": "ppl digests, 1st copy",
-             **{f"niah_{n}": f"NIAH {n}" for n in s["niah"]}}
+             **{f"niah_{n}": f"NIAH {n}" for n in s["niah"]},
+             **{f"ppl_niah_value_{n}": f"ppl NIAH {n}, value's 1st token" for n in s["niah"]}}
     arms = [a for a in TABLE_ARMS if a in results]
     table_keys = [*keys[:-2], "ppl_repeat_first", "ppl_repeat", "ppl_digest_first", "ppl_digest"]
     rows = [[LABELS[a], *[summary["table"][a].get(k) for k in table_keys], results[a]["train_s"] / 60]
@@ -520,6 +542,14 @@ def write_report(results: dict, summary: dict, s: dict, pre: dict, out: Path) ->
     return text
 
 
+def report_dir(out: Path | None, arms: list[str], logs: Path) -> Path:
+    """Where the report goes: ``out`` if given, else this folder (its README's table) when every arm runs and
+    ``<logs>/report`` for a subset of them."""
+    if out is not None:
+        return out
+    return HERE if set(arms) == set(ARMS) else logs / "report"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
@@ -554,7 +584,9 @@ def main(argv=None) -> int:
         results["stage_b"] = run_arm("stage_b", s, logs, backbone, task_dir, tokenizer, best)
         results["stage_b"]["after"] = best
     summary = summarize(results, s)
-    print(write_report(results, summary, s, pre, args.out))
+    out = report_dir(args.out, arms, logs)
+    print(write_report(results, summary, s, pre, out))
+    print(f"report written to {out}")
     print(f"study finished in {clock() / 60:.1f} min")
     return 0
 

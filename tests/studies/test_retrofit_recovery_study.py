@@ -240,3 +240,59 @@ def test_pretraining_is_linked_from_a_study_of_the_same_settings(tmp_path):
         study.link_pretraining(tmp_path / "missing", s, tmp_path / "other")
     with pytest.raises(SystemExit, match="--stage-a-steps must be at least 1"):
         study.main(["--smoke", "--stage-a-steps", "0", "--logs", str(tmp_path / "zero")])
+
+
+class _NextTokenModel(torch.nn.Module):
+    """Logits one-hot at each position on the token ``shift`` positions later in the row itself (``shift=1``: an
+    oracle of the next token; ``shift=0``: the current token, wrong wherever a token is not repeated); ``None``:
+    uniform."""
+
+    def __init__(self, vocab: int, shift):
+        super().__init__()
+        self.vocab, self.shift = vocab, shift
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        if self.shift is not None:
+            target = torch.roll(input_ids, -self.shift, dims=1)
+            logits.scatter_(2, target[..., None], 30.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_niah_probe_scores_only_the_value_tokens():
+    """The oracle of the next token gets every value right at zero loss, a uniform model ln V and none right, and a
+    model one position off (the current token, not the next) none right: the value's tokens are found after the
+    prompt and scored from the position before each."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from experiments.retrofit_recovery.niah_probe import niah_answer_scores
+    from rosa_lightning.evaluation.niah import generate_niah
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["The grass is green. The sky is blue. The special magic number for key is 0123456789 " * 3]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    records = generate_niah(tokenizer, 1500, num_samples=4)
+    vocab = len(tokenizer)
+    oracle = niah_answer_scores(_NextTokenModel(vocab, 1), tokenizer, records)
+    assert oracle["exact"] == 1.0 and oracle["first"] < 1e-6 and oracle["samples"] == 4
+    uniform = niah_answer_scores(_NextTokenModel(vocab, None), tokenizer, records)
+    assert uniform["exact"] == 0.0 and abs(uniform["first"] - math.log(vocab)) < 1e-5
+    assert niah_answer_scores(_NextTokenModel(vocab, 0), tokenizer, records)["exact"] == 0.0
+
+
+def test_a_subset_of_arms_does_not_overwrite_the_readme_table(tmp_path):
+    """The README's results block is written by a run of every arm only: a subset (the README's own
+    ``--arms global,window,rosa_recommended``) reports under its logs folder unless --out says otherwise."""
+    from experiments.retrofit_recovery import run as study
+
+    logs = tmp_path / "logs"
+    assert study.report_dir(None, list(study.ARMS), logs) == study.HERE
+    assert study.report_dir(None, ["global", "window", "rosa_recommended"], logs) == logs / "report"
+    assert study.report_dir(tmp_path / "mine", ["global"], logs) == tmp_path / "mine"
