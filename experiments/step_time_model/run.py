@@ -146,9 +146,18 @@ class _Cpu:
 
 
 def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer: bool, T: int, window: int,
-                  efficiency: float, injection: str = "post_attn") -> dict:
-    """One training step, batch 1: accelerator seconds with ROSA, without, and the time spent waiting for the CPU."""
-    L = model["layers"]
+                  efficiency: float, injection: str = "post_attn", microbatches: int = 1) -> dict:
+    """One training step of ``microbatches`` sequences: accelerator seconds with ROSA, without, and the time spent
+    waiting for the CPU.
+
+    ``microbatches`` > 1 interleaves them per layer (docs/pipeline.md, "What can overlap"; not built in the
+    pipeline): every micro-batch's branch projections run and submit their retrieval, then each micro-batch's
+    V projection and attention (and MLP with ``post_mlp``), waits for its own τ and finishes the layer, so one
+    micro-batch's retrieval also overlaps the others' accelerator work. The window-only step runs the same
+    sequences."""
+    if microbatches < 1:
+        raise ValueError(f"microbatches must be at least 1, got {microbatches}")
+    L, M = model["layers"], microbatches
     routes = model["hidden"] // bits
     speed = cores * efficiency  # the kernel parallelises over pairs
     t_tau = routes * T * kernel.tau_ns * 1e-9 / speed
@@ -158,38 +167,43 @@ def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer:
     cpu, gpu, forward_wait, backward_wait = _Cpu(), 0.0, 0.0, 0.0
     for layer in range(L):
         if layer == 0:  # layer 0 keeps global attention and no branch (the published layout)
-            gpu += layer_times(model, T, T, rosa=False).plain / 3
+            gpu += M * layer_times(model, T, T, rosa=False).plain / 3
             continue
-        gpu += rosa_t.pre
-        cpu.submit(gpu, f"tau{layer}", t_tau if defer else t_full, 0)
-        ready = cpu.finish(f"tau{layer}")
-        forward_wait += max(0.0, ready - (gpu + rosa_t.window))
-        gpu = max(gpu + rosa_t.window, ready) + rosa_t.post
+        for m in range(M):
+            gpu += rosa_t.pre
+            cpu.submit(gpu, f"tau{layer}.{m}", t_tau if defer else t_full, 0)
+        for m in range(M):
+            ready = cpu.finish(f"tau{layer}.{m}")
+            forward_wait += max(0.0, ready - (gpu + rosa_t.window))
+            gpu = max(gpu + rosa_t.window, ready) + rosa_t.post
     if defer:  # held back until the forward ends, then the last layer's first (the pipeline's policy)
         for layer in range(1, L):
-            cpu.submit(gpu, f"cf{layer}", t_full, 1, order=-layer)
+            for m in range(M):
+                cpu.submit(gpu, f"cf{layer}.{m}", t_full, 1, order=-layer * M + m)
     head = 2 * model["hidden"] * model["vocab"] * T / (PEAK_FLOPS * UTILISATION)  # lm_head forward (and loss)
-    gpu += head + 2 * head  # its forward and backward run before the last decoder layer's backward
+    gpu += M * (head + 2 * head)  # its forward and backward run before the last decoder layer's backward
     for layer in reversed(range(L)):
-        if layer == 0:
-            gpu += 2 * layer_times(model, T, T, rosa=False).plain / 3
-            continue
-        if defer:
-            ready = cpu.finish(f"cf{layer}")
-            backward_wait += max(0.0, ready - gpu)
-            gpu = max(gpu, ready)
-        gpu += rosa_t.backward
-    window_only = layer_times(model, T, T, rosa=False).plain + (L - 1) * plain_t.plain + 3 * head
+        for m in range(M):
+            if layer == 0:
+                gpu += 2 * layer_times(model, T, T, rosa=False).plain / 3
+                continue
+            if defer:
+                ready = cpu.finish(f"cf{layer}.{m}")
+                backward_wait += max(0.0, ready - gpu)
+                gpu = max(gpu, ready)
+            gpu += rosa_t.backward
+    window_only = M * (layer_times(model, T, T, rosa=False).plain + (L - 1) * plain_t.plain + 3 * head)
     no_wait = gpu - forward_wait - backward_wait
     return {"step_s": gpu, "window_s": window_only, "ratio": gpu / window_only, "matmul_ratio": no_wait / window_only,
             "forward_wait_s": forward_wait, "backward_wait_s": backward_wait,
             "tau_ms": t_tau * 1e3 if defer else t_full * 1e3, "overlap_ms": rosa_t.window * 1e3}
 
 
-def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01, injection="post_attn") -> Optional[int]:
+def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01, injection="post_attn",
+                  microbatches: int = 1) -> Optional[int]:
     """The fewest cores per accelerator for which waiting adds at most ``slack`` to the step (None: over 512)."""
     for cores in range(1, 513):
-        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency, injection)
+        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency, injection, microbatches)
         if r["ratio"] <= r["matmul_ratio"] * (1 + slack):
             return cores
     return None
@@ -209,6 +223,9 @@ def main(argv=None) -> None:
                     help="use these ns per (route, token) instead of measuring (2-thread speed-up taken as 2)")
     ap.add_argument("--injection", nargs="+", default=list(INJECTIONS), choices=INJECTIONS,
                     help="where the branch output joins the residual stream (model.rosa.injection)")
+    ap.add_argument("--microbatches", type=int, nargs="+", default=[1],
+                    help="micro-batches interleaved per layer (modelled only, not built in the pipeline); more than "
+                         "one value adds a column")
     ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -229,29 +246,34 @@ def main(argv=None) -> None:
              "## Kernel on this machine (uniform random, CPU ns per (route, token), best of the repeats)\n",
              markdown_table(["bits", "tau only, 1 thread", "tau + cf, 1 thread", "2-thread speed-up"],
                             [[k.bits, k.tau_ns, k.full_ns, k.speedup_2] for k in kernels.values()], 2)]
+    if min(args.microbatches) < 1:
+        raise SystemExit(f"--microbatches must be at least 1, got {args.microbatches}")
+    mb_col = len(args.microbatches) > 1
     rows, hide = [], []
-    for injection, (name, model) in itertools.product(args.injection, MODELS.items()):
+    for injection, (name, model), mb in itertools.product(args.injection, MODELS.items(), args.microbatches):
+        head = [name, injection, *([mb] if mb_col else [])]
         for bits, kernel in kernels.items():
             eff = args.efficiency
             for defer in (False, True):
                 for cores in args.cores:
-                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff, injection)
-                    rows.append([name, injection, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
+                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff, injection, mb)
+                    rows.append([*head, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
                                  r["overlap_ms"], r["forward_wait_s"], r["backward_wait_s"], r["matmul_ratio"],
                                  r["ratio"]])
-                hide.append([name, injection, bits, "deferred" if defer else "with tau",
+                hide.append([*head, bits, "deferred" if defer else "with tau",
                              cores_to_hide(model, kernel, bits, defer, args.T, args.window, eff,
-                                           injection=injection)])
+                                           injection=injection, microbatches=mb)])
+    mb_head = ["micro-batches"] if mb_col else []
     lines += ["## One training step, window + ROSA vs window\n",
               "`critical job`: CPU ms per ROSA layer the forward waits for; `overlap`: accelerator ms it can hide "
               "behind; waits are accelerator seconds per step spent waiting for the CPU; `matmuls only`: the "
               "ratio if retrieval were free (the branch's own projections).\n",
-              markdown_table(["model", "injection", "bits", "counterfactuals", "cores/GPU", "critical job (ms)",
+              markdown_table(["model", "injection", *mb_head, "bits", "counterfactuals", "cores/GPU", "critical job (ms)",
                               "overlap (ms)",
                               "forward wait (s)", "backward wait (s)", "matmuls only", "window+ROSA / window"],
                              rows, 3),
               "## Cores per accelerator to hide retrieval (within 1% of the matmul-only step)\n",
-              markdown_table(["model", "injection", "bits", "counterfactuals", "cores"], hide)]
+              markdown_table(["model", "injection", *mb_head, "bits", "counterfactuals", "cores"], hide)]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -48,3 +48,25 @@ def test_post_mlp_injection_overlaps_the_mlp_too_and_never_costs_more():
             assert mlp["ratio"] <= attn["ratio"] + 1e-12 and mlp["forward_wait_s"] <= attn["forward_wait_s"] + 1e-12
     with pytest.raises(ValueError, match="post_mlp"):
         simulate_step(MODELS["Qwen3-1.7B"], kernel, 14, 8, False, injection="pre_mlp", **SHAPE)
+
+
+def test_interleaving_micro_batches_one_is_todays_step_and_two_hide_more():
+    from experiments.step_time_model.run import cores_to_hide
+
+    model, kernel = MODELS["Qwen3-1.7B"], KernelCost(bits=8, tau_ns=25.0, full_ns=60.0, speedup_2=2.0)
+    for defer in (False, True):
+        assert simulate_step(model, kernel, 14, 8, defer, microbatches=1, **SHAPE) == \
+            simulate_step(model, kernel, 14, 8, defer, **SHAPE)
+    free = KernelCost(bits=8, tau_ns=0.0, full_ns=0.0, speedup_2=2.0)
+    one, two = (simulate_step(model, free, 1, 8, True, microbatches=m, **SHAPE) for m in (1, 2))
+    assert two["ratio"] == pytest.approx(two["matmul_ratio"]) == pytest.approx(one["matmul_ratio"])
+    assert two["step_s"] == pytest.approx(2 * one["step_s"]) and two["window_s"] == pytest.approx(2 * one["window_s"])
+    for injection in ("post_attn", "post_mlp"):
+        n1 = cores_to_hide(model, kernel, 8, True, SHAPE["T"], SHAPE["window"], 0.9, injection=injection)
+        n2 = cores_to_hide(model, kernel, 8, True, SHAPE["T"], SHAPE["window"], 0.9, injection=injection,
+                           microbatches=2)
+        assert n2 <= n1
+    assert cores_to_hide(model, kernel, 8, True, SHAPE["T"], SHAPE["window"], 0.9, microbatches=2) < \
+        cores_to_hide(model, kernel, 8, True, SHAPE["T"], SHAPE["window"], 0.9)
+    with pytest.raises(ValueError, match="microbatches"):
+        simulate_step(model, kernel, 14, 8, True, microbatches=0, **SHAPE)
