@@ -285,6 +285,7 @@ def arm_module(arm: str, cfg, logs: Path):
 
 
 COPY_KEYS = [f"{kind}_{which}loss" for kind in ("repeat", "digest") for which in ("", "first_")]
+PROBE_KEYS = [*COPY_KEYS, "niah_value"]  # what ``probe_losses`` adds to an arm's result
 
 
 def copy_loss_curves(module, s: dict, source) -> dict:
@@ -309,21 +310,25 @@ def niah_value_scores(module, tokenizer, s: dict) -> dict:
             for n in s["niah"]}
 
 
+def probe_losses(module, s: dict, source, tokenizer) -> dict:
+    """The arm's ``PROBE_KEYS``: its copy losses (``copy_loss_curves``) and NIAH-value scores (``niah_value_scores``)."""
+    return {**copy_loss_curves(module, s, source), "niah_value": niah_value_scores(module, tokenizer, s)}
+
+
 def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, tokenizer, best_a: str | None) -> dict:
     """Train (the ROSA and token arms) or build the arm, then evaluate it; cached in ``<arm>/result.json`` (an arm
-    cached without the copy losses of ``COPY_KEYS`` gets them added, nothing else evaluated again)."""
+    cached without the probe losses of ``PROBE_KEYS`` gets them added, nothing else evaluated again)."""
     from rosa_lightning.evaluation.cli import evaluate
 
     cached = logs / arm / "result.json"
     if cached.is_file():
         result = json.loads(cached.read_text())
-        if all(k in result for k in COPY_KEYS) and "niah_value" in result:
+        if all(k in result for k in PROBE_KEYS):
             return result
         cfg = arm_config(arm, s, logs, backbone, best_a)
         module, _ = arm_module(arm, cfg, logs)
         module.eval()
-        result.update(copy_loss_curves(module, s, hydra.utils.instantiate(cfg.data.source)))
-        result["niah_value"] = niah_value_scores(module, tokenizer, s)
+        result.update(probe_losses(module, s, hydra.utils.instantiate(cfg.data.source), tokenizer))
         cached.write_text(json.dumps(result))
         return result
     cfg = arm_config(arm, s, logs, backbone, best_a)
@@ -345,8 +350,7 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     loss, rows = loss_by_position(module, TokenChunkDataset(docs, s["seq_len"]), batch_size=min(4, s["ppl_rows"]),
                                   max_batches=max(1, s["ppl_rows"] // 4))
     result["loss_by_position"], result["ppl_rows"] = loss.tolist(), rows
-    result.update(copy_loss_curves(module, s, source))
-    result["niah_value"] = niah_value_scores(module, tokenizer, s)
+    result.update(probe_losses(module, s, source, tokenizer))
     result["eval_s"] = clock()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))

@@ -229,6 +229,8 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
+    if min(args.microbatches) < 1:  # before the kernel is measured
+        raise SystemExit(f"--microbatches must be at least 1, got {args.microbatches}")
     torch.set_num_threads(1)
     if args.smoke:
         args.routes, args.repeats = 2, 1
@@ -246,8 +248,6 @@ def main(argv=None) -> None:
              "## Kernel on this machine (uniform random, CPU ns per (route, token), best of the repeats)\n",
              markdown_table(["bits", "tau only, 1 thread", "tau + cf, 1 thread", "2-thread speed-up"],
                             [[k.bits, k.tau_ns, k.full_ns, k.speedup_2] for k in kernels.values()], 2)]
-    if min(args.microbatches) < 1:
-        raise SystemExit(f"--microbatches must be at least 1, got {args.microbatches}")
     mb_col = len(args.microbatches) > 1
     rows, hide = [], []
     for injection, (name, model), mb in itertools.product(args.injection, MODELS.items(), args.microbatches):

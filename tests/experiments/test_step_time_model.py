@@ -70,3 +70,14 @@ def test_interleaving_micro_batches_one_is_todays_step_and_two_hide_more():
         cores_to_hide(model, kernel, 8, True, SHAPE["T"], SHAPE["window"], 0.9)
     with pytest.raises(ValueError, match="microbatches"):
         simulate_step(model, kernel, 14, 8, True, microbatches=0, **SHAPE)
+
+
+def test_a_bad_micro_batch_count_fails_before_the_kernel_is_measured(tmp_path, monkeypatch):
+    import experiments.step_time_model.run as stm
+
+    def measured(*a, **k):
+        raise AssertionError("the kernel was measured before the arguments were checked")
+
+    monkeypatch.setattr(stm, "measure_kernel", measured)
+    with pytest.raises(SystemExit, match="--microbatches must be at least 1"):
+        main(["--smoke", "--microbatches", "1", "0", "--out", str(tmp_path)])
