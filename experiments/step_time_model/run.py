@@ -227,7 +227,9 @@ def main(argv=None) -> None:
                     help="micro-batches interleaved per layer (modelled only, not built in the pipeline); more than "
                          "one value adds a column")
     ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the tables go (default: results/, whose results.md is the README's measured table; "
+                         "results/given_ns/ when --ns gives every kernel figure, so a modelled run leaves it alone)")
     args = ap.parse_args(argv)
     if min(args.microbatches) < 1:  # before the kernel is measured
         raise SystemExit(f"--microbatches must be at least 1, got {args.microbatches}")
@@ -238,9 +240,9 @@ def main(argv=None) -> None:
     for spec in args.ns:
         bits, tau, full = spec.split(":")
         kernels[int(bits)] = KernelCost(int(bits), float(tau), float(full), 2.0)
-    for bits in (4, 8):
-        if bits not in kernels:
-            kernels[bits] = measure_kernel(bits, 2048 if args.smoke else args.T, args.routes, args.repeats)
+    measured = [bits for bits in (4, 8) if bits not in kernels]
+    for bits in measured:
+        kernels[bits] = measure_kernel(bits, 2048 if args.smoke else args.T, args.routes, args.repeats)
     lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
              f"{time.strftime('%Y-%m-%d')}; T = {args.T}, window = {args.window}, batch 1, accelerator "
              f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s x {UTILISATION} utilisation (FLOP model); kernel parallel efficiency "
@@ -276,9 +278,10 @@ def main(argv=None) -> None:
               markdown_table(["model", "injection", *mb_head, "bits", "counterfactuals", "cores"], hide)]
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / ("smoke.md" if args.smoke else "results.md")).write_text(text)
-    (args.out / ("smoke.json" if args.smoke else "results.json")).write_text(json.dumps(
+    out = args.out if args.out is not None else HERE / "results" / ("" if measured else "given_ns")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("smoke.md" if args.smoke else "results.md")).write_text(text)
+    (out / ("smoke.json" if args.smoke else "results.json")).write_text(json.dumps(
         {"kernels": [asdict(k) for k in kernels.values()], "steps": rows, "cores_to_hide": hide}, indent=1))
 
 

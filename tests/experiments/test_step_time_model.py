@@ -81,3 +81,13 @@ def test_a_bad_micro_batch_count_fails_before_the_kernel_is_measured(tmp_path, m
     monkeypatch.setattr(stm, "measure_kernel", measured)
     with pytest.raises(SystemExit, match="--microbatches must be at least 1"):
         main(["--smoke", "--microbatches", "1", "0", "--out", str(tmp_path)])
+
+
+def test_a_run_on_given_kernel_figures_leaves_the_measured_table_alone(monkeypatch):
+    import experiments.step_time_model.run as stm
+
+    written = []
+    monkeypatch.setattr(stm.Path, "write_text", lambda self, text: written.append(self))
+    monkeypatch.setattr(stm.Path, "mkdir", lambda self, **k: None)
+    main(["--ns", "4:15:25", "--ns", "8:20:40", "--cores", "14"])
+    assert written and all(p.parent == stm.HERE / "results" / "given_ns" for p in written)
