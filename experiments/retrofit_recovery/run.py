@@ -62,10 +62,19 @@ BIN = 32  # tokens per bin of the perplexity-by-position curve
 # short rows and carries over as the rows double; 4,096 tokens per step at every rung.
 # Then three rungs at 512 that add RULER-style needles to the mix (niah 2, then 4, beside repeat 1 and digest 1), on
 # which the global model learns to find the needle's value (README, "A backbone that finds the needle").
-NIAH_RUNGS = [{"seq_len": 512, "batch": 8, "steps": steps, "overrides": [f"data.source.kinds.niah={w}"]}
+# Before all of them a warm-up rung of pure ``copy_ids`` rows (random token-id blocks repeated; README, "A copy
+# warm-up"), on which content copying (induction) forms within a few hundred steps; ``copy_ids`` stays in the mix
+# of every later rung so that the circuit is kept while the code and the needles are learned.
+COPY_WARMUP = {"seq_len": 128, "batch": 32, "steps": 1000,
+               "overrides": ["data.source.kinds.copy_ids=1", "data.source.kinds.repeat=0",
+                             "data.source.kinds.digest=0", "trainer.val_check_interval=100",
+                             "callbacks.model_checkpoint.every_n_train_steps=500"]}
+KEEP_COPYING = ["data.source.kinds.copy_ids=1"]
+NIAH_RUNGS = [{"seq_len": 512, "batch": 8, "steps": steps, "overrides": [*KEEP_COPYING, f"data.source.kinds.niah={w}"]}
               for steps, w in ((600, 2), (900, 4), (1200, 4))]
-LADDER = [{"seq_len": 128, "batch": 32, "steps": 1800}, {"seq_len": 256, "batch": 16, "steps": 400},
-          {"seq_len": 512, "batch": 8, "steps": 400}, *NIAH_RUNGS]
+LADDER = [COPY_WARMUP, {"seq_len": 128, "batch": 32, "steps": 1000, "overrides": KEEP_COPYING},
+          {"seq_len": 256, "batch": 16, "steps": 400, "overrides": KEEP_COPYING},
+          {"seq_len": 512, "batch": 8, "steps": 400, "overrides": KEEP_COPYING}, *NIAH_RUNGS]
 PUBLISHED_OPTIONS = ["model/rosa/inputs=published", "model/rosa/grad=published", "model.rosa.bits=4"]
 
 

@@ -15,7 +15,11 @@ back, written as plain text a user would recognise:
   task's budget to nearly all of it);
 - ``lcc``: LongBench's lcc prompt around a file prefix, then the file's next non-blank line and EOT;
 - ``repobench``: LongBench's repobench-p prompt: other files under ``# path:`` headers, the file's prefix, then
-  the next line, chosen to mention a name that only the other files define, and EOT.
+  the next line, chosen to mention a name that only the other files define, and EOT;
+- ``copy_ids``: not text but token ids: a block of 8 to ``max(8, budget // 4)`` ids drawn uniformly from the whole
+  vocabulary (special tokens excluded), repeated to fill the task's budget. The cleanest copying data there is (no
+  local context predicts any copied id, and the block length varies, so no fixed look-back offset does): a
+  warm-up rung on it lets a small model form content copying (induction) that the text tasks then reuse.
 
 A task row is ``[tail of a code row] + [EOT] + task``, exactly ``seq_len`` tokens, with the task's length drawn
 uniformly from a quarter of the row to the whole row, so the distance from a needle to its question ranges up
@@ -35,7 +39,7 @@ from torch.utils.data import Dataset
 
 from rosa_lightning.data.stdlib_corpus import EOT
 
-KINDS = ("niah", "kv", "repeat", "digest", "lcc", "repobench")
+KINDS = ("niah", "kv", "repeat", "digest", "lcc", "repobench", "copy_ids")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_HEAD = ("A special magic number is hidden within the following text. Make sure to memorize it. "
              "I will quiz you about the number afterwards.\n")
@@ -256,7 +260,7 @@ class LongRangeMixDataset(Dataset):
     """
 
     def __init__(self, code_rows: np.ndarray, writer: TaskWriter, encode: Callable[[str], List[int]], eot_id: int,
-                 num_tasks: int, kinds: Dict[str, float], seed: int) -> None:
+                 num_tasks: int, kinds: Dict[str, float], seed: int, copy_ids: Optional[np.ndarray] = None) -> None:
         self.code_rows = code_rows
         self.seq_len = int(code_rows.shape[1])
         self.writer, self.encode, self.eot_id = writer, encode, int(eot_id)
@@ -270,6 +274,15 @@ class LongRangeMixDataset(Dataset):
         if self.num_tasks and not self.kinds:
             raise ValueError("LongRangeMixDataset: num_tasks > 0 needs at least one kind with a positive weight")
         self.seed = int(seed)
+        self.copy_ids = None if copy_ids is None else np.asarray(copy_ids, dtype=np.int64)
+        if "copy_ids" in self.kinds and (self.copy_ids is None or len(self.copy_ids) < 2):
+            raise ValueError("LongRangeMixDataset: the copy_ids kind needs copy_ids, the token ids to draw "
+                             "blocks from (at least 2)")
+
+    def _copy_ids(self, budget: int, rng: np.random.Generator) -> List[int]:
+        """The ``copy_ids`` task (module doc): a random block of ids repeated to ``budget`` tokens."""
+        block = self.copy_ids[rng.integers(0, len(self.copy_ids), int(rng.integers(8, max(9, budget // 4 + 1))))]
+        return np.resize(block, max(budget, 2 * len(block))).tolist()
 
     def __len__(self) -> int:
         return len(self.code_rows) + self.num_tasks
@@ -282,7 +295,8 @@ class LongRangeMixDataset(Dataset):
         for attempt in range(8):
             if attempt == 6:  # the kind does not fit this row length (a needle's template is long): repeat instead
                 kind, budget = "repeat", self.seq_len // 2
-            ids = [self.eot_id, *self.encode(self.writer.write(kind, budget, rng)), self.eot_id]
+            body = self._copy_ids(budget, rng) if kind == "copy_ids" else self.encode(self.writer.write(kind, budget, rng))
+            ids = [self.eot_id, *body, self.eot_id]
             if len(ids) <= self.seq_len:
                 break
             budget = int(budget * 0.8)
@@ -338,8 +352,10 @@ class LongRangeMixSource:
             rows = rows[: max(1, int(round(max_rows * (1 - self.mix_fraction))))]
         num_tasks = int(round(len(rows) * self.mix_fraction / (1 - self.mix_fraction)))
         backend = self.tokenizer.backend_tokenizer
+        special = set(self.tokenizer.all_special_ids) | {self.corpus.eot_id}
+        copy_ids = np.asarray([i for i in range(len(self.tokenizer)) if i not in special], dtype=np.int64)
         return LongRangeMixDataset(rows, self.writer(split), lambda s: backend.encode(s, add_special_tokens=False).ids,
-                                   self.corpus.eot_id, num_tasks, self.kinds, seed)
+                                   self.corpus.eot_id, num_tasks, self.kinds, seed, copy_ids=copy_ids)
 
     def build(self, seed: int):
         return self.dataset("train", seed), self.dataset("val", seed + 1, self.max_val_rows)

@@ -3,9 +3,10 @@
 import re
 
 import numpy as np
+import pytest
 
 from rosa_lightning.data.long_range_mix import (CODE_PROMPT, DIGEST_FORMATS, KINDS, NEXT_LINE, NIAH_HEAD,
-                                                LongRangeMixSource, niah_question)
+                                                LongRangeMixDataset, LongRangeMixSource, niah_question)
 from rosa_lightning.data.stdlib_corpus import EOT
 from rosa_lightning.evaluation.code_tasks import write_code_tasks
 from rosa_lightning.evaluation.niah import prompt_parts
@@ -106,3 +107,33 @@ def test_digest_rows_repeat_a_random_block_far_back(tmp_path):
     assert len(blocks) == 60 and len(formats) == len(DIGEST_FORMATS)  # random content, every format
     distances = np.asarray(distances)
     assert (distances > 64).mean() >= 0.9 and distances.max() > 300 and distances.max() < 512
+
+
+def test_copy_ids_rows_repeat_a_random_block_of_ordinary_ids(tmp_path):
+    """A ``copy_ids`` task: a block of 8 to budget // 4 ids from the whole vocabulary (no special id, no EOT),
+    repeated to fill the task; blocks and their lengths differ from row to row."""
+    src = source(tmp_path, seq_len=256, kinds={"copy_ids": 1.0})
+    train, _ = src.build(seed=0)
+    eot = src.corpus.eot_id
+    special = set(src.tokenizer.all_special_ids) | {eot}
+    periods, seen = set(), set()
+    n = len(train.code_rows)
+    for k in range(40):
+        row, kind = train.task_row(k)
+        assert kind == "copy_ids" and row.shape == (256,) and row[-1] == eot
+        if k < train.num_tasks:
+            assert (train[n + k]["input_ids"].numpy() == row).all()
+        body = row[: -1][len(row) - 1 - (row[:-1][::-1] == eot).argmax():]  # after the task's opening EOT
+        assert len(body) >= 256 // 4 and not special & set(body.tolist())
+        period = next(p for p in range(8, len(body)) if (body[p:] == body[:-p]).all())
+        assert 8 <= period <= max(8, (len(body) + 1) // 4 + 1) and len(body) >= 2 * period
+        periods.add(period)
+        seen |= set(body.tolist())
+    assert len(periods) >= 10 and len(seen) > 0.5 * len(train.copy_ids)  # varied lengths, ids from everywhere
+
+
+def test_copy_ids_kind_needs_ids(tmp_path):
+    rows = np.zeros((4, 32), dtype=np.int32)
+    with pytest.raises(ValueError, match="copy_ids"):
+        LongRangeMixDataset(rows, None, lambda s: [], 0, 4, {"copy_ids": 1.0}, seed=0)
+    LongRangeMixDataset(rows, None, lambda s: [], 0, 4, {"repeat": 1.0}, seed=0)  # other kinds need none

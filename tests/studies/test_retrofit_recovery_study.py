@@ -296,3 +296,21 @@ def test_a_subset_of_arms_does_not_overwrite_the_readme_table(tmp_path):
     assert study.report_dir(None, list(study.ARMS), logs) == study.HERE
     assert study.report_dir(None, ["global", "window", "rosa_recommended"], logs) == logs / "report"
     assert study.report_dir(tmp_path / "mine", ["global"], logs) == tmp_path / "mine"
+
+
+def test_the_full_ladder_starts_with_a_copy_warm_up_and_keeps_copying(tmp_path):
+    """The full study's first rung trains on ``copy_ids`` rows only; every later rung keeps them in its mix (the
+    needle rungs beside the needles), so the copying that forms in the warm-up is not lost."""
+    from experiments.harness import runs
+    from experiments.retrofit_recovery import run as study
+
+    logs = tmp_path / "logs"
+    s = study.settings(False, logs)
+    kinds = []
+    for i in range(len(s["ladder"])):
+        cfg = runs.compose("pretrain_code_copy", study.rung_overrides(s, i, logs), study.rung_dir(s, i, logs))
+        kinds.append(dict(cfg.data.source.kinds))
+        assert cfg.data.seq_len == s["ladder"][i]["seq_len"] and cfg.trainer.max_steps == s["ladder"][i]["steps"]
+    assert {k: v for k, v in kinds[0].items() if v} == {"copy_ids": 1.0}
+    assert all(k["copy_ids"] == 1.0 and k["repeat"] > 0 and k["digest"] > 0 for k in kinds[1:])
+    assert [k["niah"] for k in kinds] == [0.0] * (len(kinds) - 3) + [2.0, 4.0, 4.0]
