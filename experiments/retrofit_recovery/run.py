@@ -1,13 +1,14 @@
 """Retrofit recovery: does ROSA bring back the long-context ability a pretrained global-attention model loses when
 it is converted to a sliding window?
 
-    python -m experiments.retrofit_recovery.run            # the full study (about 71 min on 2 CPU cores)
+    python -m experiments.retrofit_recovery.run            # the full study (about 60 to 80 min on 2 CPU cores)
     python -m experiments.retrofit_recovery.run --smoke    # seconds-long pipeline check (tests/studies)
 
 1. ``experiment=pretrain_code_copy``: a small Qwen3 with global attention trained from scratch on code (stdlib and
-   site-packages sources, most rows ending in a repeated block of code or of random digests) on a row-length
-   ladder (``LADDER``: 128-, 256- then 512-token rows, each rung from the one before), exported as a plain Qwen3
-   directory (``export_backbone``).
+   site-packages sources, most rows ending in a repeated block of code, of random digests or of token ids) after a
+   copy warm-up on repeated random token ids, on a row-length ladder (``LADDER``: 128-, 256- then 512-token rows,
+   then 512-token rows with needles, each rung from the one before), exported as a plain Qwen3 directory
+   (``export_backbone``).
 2. Held-out tasks from the test split of the same corpus, in LongBench's layout (``lcc.jsonl``,
    ``repobench-p.jsonl``, ``rosa_lightning.evaluation.code_tasks``).
 3. The arms, each ``conf/experiment/retrofit_<arm>.yaml`` with ``model.backbone=<exported dir>``: global and the
@@ -89,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage-a-steps", type=int, default=None,
                    help="stage-A steps of the trained ROSA and token arms (default: 1,000; the smoke run 2); a "
                         "logs folder holds one setting, so pass a new --logs")
+    p.add_argument("--stage-b-steps", type=int, default=None,
+                   help="steps of stage B and of the window model tuned as long without ROSA (default: 150; the "
+                        "smoke run 2); a logs folder holds one setting, so pass a new --logs")
     p.add_argument("--pretrained-from", type=Path, default=None,
                    help="a logs folder of a study with the same pretraining settings: its pretraining runs, "
                         "backbone and task files are linked into --logs instead of pretraining again")
@@ -575,6 +579,10 @@ def main(argv=None) -> int:
         if args.stage_a_steps < 1:
             raise SystemExit(f"--stage-a-steps must be at least 1, got {args.stage_a_steps}")
         s["stage_a_steps"] = args.stage_a_steps
+    if args.stage_b_steps is not None:
+        if args.stage_b_steps < 1:
+            raise SystemExit(f"--stage-b-steps must be at least 1, got {args.stage_b_steps}")
+        s["stage_b_steps"] = args.stage_b_steps
     check_logs(s, logs)
     if args.pretrained_from is not None:
         link_pretraining(args.pretrained_from.resolve(), s, logs)

@@ -240,6 +240,13 @@ def test_pretraining_is_linked_from_a_study_of_the_same_settings(tmp_path):
         study.link_pretraining(tmp_path / "missing", s, tmp_path / "other")
     with pytest.raises(SystemExit, match="--stage-a-steps must be at least 1"):
         study.main(["--smoke", "--stage-a-steps", "0", "--logs", str(tmp_path / "zero")])
+    with pytest.raises(SystemExit, match="--stage-b-steps must be at least 1"):
+        study.main(["--smoke", "--stage-b-steps", "0", "--logs", str(tmp_path / "zero")])
+    # a longer stage B changes the stage-B and control arms' steps only, so the pretraining can be linked
+    longer_b = {**s, "stage_b_steps": 9}
+    study.link_pretraining(source, longer_b, tmp_path / "longer_b")
+    cfg = study.arm_config("window_tuned", longer_b, tmp_path / "longer_b", tmp_path / "backbone", None)
+    assert cfg.trainer.max_steps == 9
 
 
 class _NextTokenModel(torch.nn.Module):
