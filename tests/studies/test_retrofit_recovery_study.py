@@ -268,15 +268,10 @@ class _NextTokenModel(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-def test_niah_probe_scores_only_the_value_tokens():
-    """The oracle of the next token gets every value right at zero loss, a uniform model ln V and none right, and a
-    model one position off (the current token, not the next) none right: the value's tokens are found after the
-    prompt and scored from the position before each."""
+def _niah_tokenizer():
+    """A small byte-level BPE that writes RULER's NIAH samples."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from experiments.retrofit_recovery.niah_probe import niah_answer_scores
-    from rosa_lightning.evaluation.niah import generate_niah
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -284,7 +279,17 @@ def test_niah_probe_scores_only_the_value_tokens():
     corpus = ["The grass is green. The sky is blue. The special magic number for key is 0123456789 " * 3]
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def test_niah_probe_scores_only_the_value_tokens():
+    """The oracle of the next token gets every value right at zero loss, a uniform model ln V and none right, and a
+    model one position off (the current token, not the next) none right: the value's tokens are found after the
+    prompt and scored from the position before each."""
+    from experiments.retrofit_recovery.niah_probe import niah_answer_scores
+    from rosa_lightning.evaluation.niah import generate_niah
+
+    tokenizer = _niah_tokenizer()
     records = generate_niah(tokenizer, 1500, num_samples=4)
     vocab = len(tokenizer)
     oracle = niah_answer_scores(_NextTokenModel(vocab, 1), tokenizer, records)
@@ -321,3 +326,53 @@ def test_the_full_ladder_starts_with_a_copy_warm_up_and_keeps_copying(tmp_path):
     assert {k: v for k, v in kinds[0].items() if v} == {"copy_ids": 1.0}
     assert all(k["copy_ids"] == 1.0 and k["repeat"] > 0 and k["digest"] > 0 for k in kinds[1:])
     assert [k["niah"] for k in kinds] == [0.0] * (len(kinds) - 3) + [2.0, 4.0, 4.0]
+
+
+def test_needle_retrieval_shares_read_the_branches_destinations():
+    """``TauRecorder`` passes every ROSA layer's job through unchanged (the same logits) and keeps its tau, which
+    points into the past; ``needle_sentence_tokens`` finds the needle's sentence; the shares are fractions of
+    (layer, route) destinations, beside the sentence's share of the prompt; a model without branches is refused."""
+    from transformers import Qwen3Config
+
+    from experiments.retrofit_recovery.niah_probe import (TauRecorder, needle_retrieval_shares,
+                                                          needle_sentence_tokens)
+    from rosa_lightning.evaluation.niah import generate_niah
+    from rosa_lightning.modeling import RosaConfig, build_rosa_model
+    from rosa_lightning.modeling.model import attach_pipeline
+    from rosa_lightning.retrieval.pipeline import RetrievalPipeline
+
+    tokenizer = _niah_tokenizer()
+    records = generate_niah(tokenizer, 900, num_samples=3)
+    config = Qwen3Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=128, vocab_size=len(tokenizer), max_position_embeddings=1024)
+    torch.manual_seed(0)
+    model = build_rosa_model(config, RosaConfig(window=8, global_layers=1, runtime=dict(num_threads=1))).eval()
+    r = records[0]
+    enc = tokenizer(r["input"] + " " + r["answers"][0], return_offsets_mapping=True)
+    lo, hi = needle_sentence_tokens(r, enc["offset_mapping"])
+    sentence = tokenizer.decode(enc["input_ids"][lo: hi + 1])
+    assert sentence.startswith("One of the special magic numbers for ") and sentence.endswith(f"{r['answers'][0]}.")
+    ids = torch.tensor(enc["input_ids"])[None]
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        pipeline = RetrievalPipeline(1).start()
+        recorder = TauRecorder(pipeline)
+        attach_pipeline(model, recorder)
+        try:
+            recorded = model(input_ids=ids).logits
+        finally:
+            attach_pipeline(model, None)
+            pipeline.close()
+    assert torch.equal(plain, recorded)
+    assert sorted(recorder.taus) == [1, 2]  # layer 0 is global, without a branch
+    for tau in recorder.taus.values():
+        assert tau.shape == (1, 64 // 4, ids.shape[1])  # [B, R, T] with R = C / bits
+        assert bool((tau <= torch.arange(ids.shape[1])).all()) and int(tau.min()) >= -1  # never the future
+    shares = needle_retrieval_shares(model, tokenizer, records)
+    assert all(0.0 <= shares[k] <= 1.0 for k in ("first", "later", "none")) and shares["samples"] == 3
+    assert 0.0 < shares["chance"] < 0.5
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain)  # the model's own pipeline is back
+    off = build_rosa_model(config, RosaConfig(window=8, global_layers=1, runtime=dict(num_threads=1, enabled=False)))
+    with pytest.raises(ValueError, match="no ROSA branches"):
+        needle_retrieval_shares(off, tokenizer, records)
