@@ -27,6 +27,16 @@ from pathlib import Path
 import torch
 
 
+def answer_tokens(tokenizer, record: dict, caller: str):
+    """(tokenizer output of the record's prompt followed by `` {value}``, with offsets; positions of the value's
+    tokens): the teacher-forced row both probes score."""
+    enc = tokenizer(record["input"] + " " + record["answers"][0], return_offsets_mapping=True)
+    value = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > len(record["input"])]
+    if not value or value[0] == 0:
+        raise ValueError(f"{caller}: no value token after the prompt of {record['_id']}")
+    return enc, value
+
+
 def niah_answer_scores(model, tokenizer, records) -> dict:
     """Teacher-forced scores of ``model`` on the values of NIAH ``records`` (``generate_niah``'s): ``first`` and
     ``rest`` (mean loss on the first value token and on the others), ``exact`` (share of records whose every value
@@ -35,13 +45,8 @@ def niah_answer_scores(model, tokenizer, records) -> dict:
     model.eval()
     with torch.no_grad():
         for r in records:
-            text = r["input"] + " " + r["answers"][0]
-            enc = tokenizer(text, return_offsets_mapping=True)
+            enc, value = answer_tokens(tokenizer, r, "niah_answer_scores")
             ids = torch.tensor(enc["input_ids"])
-            start = len(r["input"])
-            value = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > start]
-            if not value or value[0] == 0:
-                raise ValueError(f"niah_answer_scores: no value token after the prompt of {r['_id']}")
             logits = model(input_ids=ids[None]).logits[0].float()
             at = torch.tensor(value)
             logp = torch.log_softmax(logits[at - 1], dim=-1)
@@ -115,10 +120,8 @@ def needle_retrieval_shares(model, tokenizer, records) -> dict:
         model.eval()
         with torch.no_grad():
             for r in records:
-                enc = tokenizer(r["input"] + " " + r["answers"][0], return_offsets_mapping=True)
-                offsets = enc["offset_mapping"]
-                value = [i for i, (a, b) in enumerate(offsets) if b > len(r["input"])]
-                lo, hi = needle_sentence_tokens(r, offsets)
+                enc, value = answer_tokens(tokenizer, r, "needle_retrieval_shares")
+                lo, hi = needle_sentence_tokens(r, enc["offset_mapping"])
                 recorder.taus.clear()
                 model(input_ids=torch.tensor(enc["input_ids"])[None])
                 if not recorder.taus:

@@ -61,8 +61,9 @@ TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b
 BIN = 32  # tokens per bin of the perplexity-by-position curve
 # The pretraining: a row-length ladder of experiment=pretrain_code_copy (README, "Probes"): content copying forms on
 # short rows and carries over as the rows double; 4,096 tokens per step at every rung.
-# Then three rungs at 512 that add RULER-style needles to the mix (niah 2, then 4, beside repeat 1 and digest 1), on
-# which the global model learns to find the needle's value (README, "A backbone that finds the needle").
+# Then three rungs at 512 that add RULER-style needles to the mix (niah 2, then 4, beside repeat, digest and
+# copy_ids 1), on which the global model learns to find the needle's value (README, "A backbone that finds the
+# needle").
 # Before all of them a warm-up rung of pure ``copy_ids`` rows (random token-id blocks repeated; README, "A copy
 # warm-up"), on which content copying (induction) forms within a few hundred steps; ``copy_ids`` stays in the mix
 # of every later rung so that the circuit is kept while the code and the needles are learned.
@@ -575,14 +576,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logs = args.logs.resolve()
     s = settings(args.smoke, logs)
-    if args.stage_a_steps is not None:
-        if args.stage_a_steps < 1:
-            raise SystemExit(f"--stage-a-steps must be at least 1, got {args.stage_a_steps}")
-        s["stage_a_steps"] = args.stage_a_steps
-    if args.stage_b_steps is not None:
-        if args.stage_b_steps < 1:
-            raise SystemExit(f"--stage-b-steps must be at least 1, got {args.stage_b_steps}")
-        s["stage_b_steps"] = args.stage_b_steps
+    for key in ARM_ONLY:  # --stage-a-steps, --stage-b-steps
+        steps = getattr(args, key)
+        if steps is not None:
+            if steps < 1:
+                raise SystemExit(f"--{key.replace('_', '-')} must be at least 1, got {steps}")
+            s[key] = steps
     check_logs(s, logs)
     if args.pretrained_from is not None:
         link_pretraining(args.pretrained_from.resolve(), s, logs)
