@@ -51,13 +51,17 @@ from rosa_lightning.evaluation.compare import MIN_GAP, gap_recovered
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-ARMS = ["global", "window", "window_all", "window_tuned", "rosa_published", "rosa_recommended", "stage_b", "token"]
-TRAINED = {"window_tuned", "rosa_published", "rosa_recommended", "stage_b", "token"}
+ARMS = ["global", "window", "window_all", "window_tuned", "rosa_published", "rosa_recommended", "rosa_teacher",
+        "stage_b", "token"]
+TRAINED = {"window_tuned", "rosa_published", "rosa_recommended", "rosa_teacher", "stage_b", "token"}
+STAGE_A = ("rosa_published", "rosa_recommended", "rosa_teacher")  # stage B starts from the best of these
 LABELS = {"global": "global", "window": "window (layer 0 global)", "window_all": "window (all layers)",
           "window_tuned": "window + stage-B training, no ROSA",
           "rosa_published": "window + ROSA (published)", "rosa_recommended": "window + ROSA (recommended)",
+          "rosa_teacher": "window + ROSA (recommended + hash teacher)",
           "stage_b": "window + ROSA, stage B", "token": "token channel"}
-TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "stage_b", "token", "window_tuned", "window_all"]
+TABLE_ARMS = ["global", "window", "rosa_published", "rosa_recommended", "rosa_teacher", "stage_b", "token",
+              "window_tuned", "window_all"]
 BIN = 32  # tokens per bin of the perplexity-by-position curve
 # The pretraining: a row-length ladder of experiment=pretrain_code_copy (README, "Probes"): content copying forms on
 # short rows and carries over as the rows double; 4,096 tokens per step at every rung.
@@ -94,6 +98,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage-b-steps", type=int, default=None,
                    help="steps of stage B and of the window model tuned as long without ROSA (default: 150; the "
                         "smoke run 2); a logs folder holds one setting, so pass a new --logs")
+    p.add_argument("--stage-a-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override for every stage-A arm (the ROSA and token arms) and for stage B, which "
+                        "continues one of them (not for the control), e.g. model.lr.A.rosa=1e-2 or "
+                        "model.rosa.injection=post_mlp; repeatable; a logs folder holds one setting, so pass a new "
+                        "--logs")
     p.add_argument("--pretrained-from", type=Path, default=None,
                    help="a logs folder of a study with the same pretraining settings: its pretraining runs, "
                         "backbone and task files are linked into --logs instead of pretraining again")
@@ -101,7 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 PRETRAINED = ("pretrain", "backbone", "tasks")
-ARM_ONLY = ("stage_a_steps", "stage_b_steps")   # settings that leave the pretraining and the tasks as they are
+# settings that leave the pretraining and the tasks as they are
+ARM_ONLY = ("stage_a_steps", "stage_b_steps", "stage_a_overrides")
 
 
 def link_pretraining(source: Path, s: dict, logs: Path) -> None:
@@ -270,17 +280,18 @@ def corpus_of(s: dict, logs: Path):
 
 def arm_config(arm: str, s: dict, logs: Path, backbone: Path, best_a: str | None):
     name = {"rosa_published": "retrofit_rosa_published", "rosa_recommended": "retrofit_rosa_recommended",
-            "stage_b": "retrofit_stage_b"}.get(arm, f"retrofit_{arm}")
+            "rosa_teacher": "retrofit_rosa_teacher", "stage_b": "retrofit_stage_b"}.get(arm, f"retrofit_{arm}")
     ov = [*common_overrides(s), f"model.backbone={backbone}"]
     if arm != "global":
         ov.append(f"model.rosa.window={s['window']}")
     if arm == "stage_b":
         ov += [f"model.init_from={logs / best_a / 'checkpoints' / 'last.ckpt'}", f"trainer.max_steps={s['stage_b_steps']}"]
         ov += PUBLISHED_OPTIONS if best_a == "rosa_published" else []
+        ov += s.get("stage_a_overrides", [])  # the branch it continues keeps its options (e.g. the injection)
     elif arm == "window_tuned":  # the control: as many steps as stage B, the backbone only
         ov.append(f"trainer.max_steps={s['stage_b_steps']}")
     elif arm in TRAINED:
-        ov.append(f"trainer.max_steps={s['stage_a_steps']}")
+        ov += [f"trainer.max_steps={s['stage_a_steps']}", *s.get("stage_a_overrides", [])]
     return runs.compose(name, ov, logs / arm)
 
 
@@ -337,6 +348,9 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
     cached = logs / arm / "result.json"
     if cached.is_file():
         result = json.loads(cached.read_text())
+        if arm == "stage_b" and result.get("after") != best_a:
+            raise SystemExit(f"{logs / arm} holds stage B after {result.get('after', 'an unrecorded stage A')}, but the "
+                             f"best stage A of this run is {best_a}: remove that folder to run stage B again")
         if all(k in result for k in PROBE_KEYS):
             return result
         cfg = arm_config(arm, s, logs, backbone, best_a)
@@ -347,6 +361,8 @@ def run_arm(arm: str, s: dict, logs: Path, backbone: Path, task_dir: Path, token
         return result
     cfg = arm_config(arm, s, logs, backbone, best_a)
     result: dict = {"arm": arm, "window": cfg.model.rosa.window}
+    if arm == "stage_b":
+        result["after"] = best_a
     module, result["train_s"] = arm_module(arm, cfg, logs)
     if arm in TRAINED:
         result["val_loss"] = curves_of(logs / arm, "val/loss")
@@ -576,12 +592,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logs = args.logs.resolve()
     s = settings(args.smoke, logs)
-    for key in ARM_ONLY:  # --stage-a-steps, --stage-b-steps
+    for key in ARM_ONLY[:2]:  # --stage-a-steps, --stage-b-steps
         steps = getattr(args, key)
         if steps is not None:
             if steps < 1:
                 raise SystemExit(f"--{key.replace('_', '-')} must be at least 1, got {steps}")
             s[key] = steps
+    bad = [o for o in args.stage_a_override if "=" not in o or o.startswith("=")]
+    if bad:
+        raise SystemExit(f"--stage-a-override expects KEY=VALUE (a Hydra override), got {', '.join(map(repr, bad))}")
+    if args.stage_a_override:  # recorded only when given, so the folders of earlier studies stay comparable
+        s["stage_a_overrides"] = list(args.stage_a_override)
     check_logs(s, logs)
     if args.pretrained_from is not None:
         link_pretraining(args.pretrained_from.resolve(), s, logs)
@@ -596,13 +617,12 @@ def main(argv=None) -> int:
         results[arm] = run_arm(arm, s, logs, backbone, task_dir, tokenizer, None)
         print(f"[{arm}] {results[arm]['scores']} ({clock() / 60:.1f} min so far)", flush=True)
     if "stage_b" in arms:
-        done_a = {a: results[a]["val_loss"][1][-1] for a in ("rosa_published", "rosa_recommended")
+        done_a = {a: results[a]["val_loss"][1][-1] for a in STAGE_A
                   if a in results and results[a].get("val_loss", ([], []))[1]}
         if not done_a:
-            raise SystemExit("--arms stage_b needs rosa_published or rosa_recommended (its stage A) in the same run")
+            raise SystemExit(f"--arms stage_b needs one of {', '.join(STAGE_A)} (its stage A) in the same run")
         best = min(done_a, key=done_a.get)
         results["stage_b"] = run_arm("stage_b", s, logs, backbone, task_dir, tokenizer, best)
-        results["stage_b"]["after"] = best
     summary = summarize(results, s)
     out = report_dir(args.out, arms, logs)
     print(write_report(results, summary, s, pre, out))

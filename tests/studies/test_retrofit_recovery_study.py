@@ -22,14 +22,16 @@ def test_retrofit_recovery_smoke(tmp_path):
     results = json.loads((out / "results.json").read_text())
     table, runs = results["summary"]["table"], results["runs"]
     assert set(table) == {"global", "window", "window_all", "window_tuned", "rosa_published", "rosa_recommended",
-                          "stage_b", "token"}
+                          "rosa_teacher", "stage_b", "token"}
     for arm, row in table.items():
         assert 0.0 <= row["lcc"] <= 100.0 and 0.0 <= row["repobench-p"] <= 100.0 and 0.0 <= row["niah_1024"] <= 100.0
         assert math.isfinite(row["ppl_beyond_window"]) and row["ppl_beyond_window"] > 1.0
         assert math.isfinite(row["ppl_repeat"]) and row["ppl_repeat"] > 1.0
         assert math.isfinite(row["ppl_digest_first"]) and math.isfinite(row["ppl_repeat_first"])
     assert runs["global"]["window"] is None and runs["window"]["window"] == 16
-    assert runs["stage_b"]["after"] in ("rosa_published", "rosa_recommended")
+    assert runs["stage_b"]["after"] in ("rosa_published", "rosa_recommended", "rosa_teacher")
+    teacher_log = next((logs / "rosa_teacher").rglob("metrics.csv")).read_text()
+    assert "train/teacher_loss" in teacher_log.splitlines()[0]  # the teacher arm trains with the hash teacher
     assert set(results["summary"]["recovered"]) == set(table) - {"global", "window"}
     # the exported backbone is a plain Qwen3 directory with its tokenizer
     config = json.loads((logs / "backbone" / "config.json").read_text())
@@ -53,6 +55,14 @@ def test_retrofit_recovery_smoke(tmp_path):
     assert table_again == {a: table[a] for a in ("global", "window", "rosa_published")}
     assert "Trainer.fit" not in again.stderr + again.stdout
     assert json.loads(cached.read_text())["digest_first_loss"] == old["digest_first_loss"]
+    # a cached stage B that followed another stage A than this run's best is refused, not reused
+    stage_b = logs / "stage_b" / "result.json"
+    record = json.loads(stage_b.read_text())
+    other = next(a for a in ("rosa_published", "rosa_recommended", "rosa_teacher") if a != record["after"])
+    stage_b.write_text(json.dumps({**record, "after": other}))
+    stale = subprocess.run([*cmd, "--arms", "global,window,rosa_published,rosa_recommended,rosa_teacher,stage_b"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert stale.returncode != 0 and "remove that folder" in stale.stderr
 
 
 @pytest.mark.parametrize("kind", ["repeat", "digest"])
@@ -247,6 +257,38 @@ def test_pretraining_is_linked_from_a_study_of_the_same_settings(tmp_path):
     study.link_pretraining(source, longer_b, tmp_path / "longer_b")
     cfg = study.arm_config("window_tuned", longer_b, tmp_path / "longer_b", tmp_path / "backbone", None)
     assert cfg.trainer.max_steps == 9
+
+
+def test_stage_a_overrides_reach_the_stage_a_arms_only(tmp_path):
+    """``--stage-a-override KEY=VALUE`` is recorded in the settings (absent when not given, so older folders stay
+    comparable), changes the stage-A arms' configs only, leaves the pretraining linkable, and a malformed value is
+    refused before anything runs."""
+    from experiments.retrofit_recovery import run as study
+
+    source = tmp_path / "source"
+    s = study.settings(True, source)
+    assert "stage_a_overrides" not in s
+    study.check_logs(s, source)
+    for name in study.PRETRAINED:
+        (source / name).mkdir()
+    tuned = {**s, "stage_a_overrides": ["model.lr.A.rosa=0.01"]}
+    study.link_pretraining(source, tuned, tmp_path / "tuned")  # an arm-only setting
+    for arm in ("rosa_published", "rosa_recommended", "rosa_teacher", "token"):
+        cfg = study.arm_config(arm, tuned, tmp_path / "tuned", tmp_path / "backbone", None)
+        assert cfg.model.lr.A.rosa == 0.01, arm
+    plain = study.arm_config("rosa_recommended", s, tmp_path / "plain", tmp_path / "backbone", None)
+    assert plain.model.lr.A.rosa == 3.0e-3
+    tuned_window = study.arm_config("window_tuned", tuned, tmp_path / "tuned", tmp_path / "backbone", None)
+    assert tuned_window.model.lr.A.rosa == 3.0e-3
+    moved = {**s, "stage_a_overrides": ["model.rosa.injection=post_mlp"]}
+    stage_b = study.arm_config("stage_b", moved, tmp_path / "moved", tmp_path / "backbone", "rosa_recommended")
+    assert stage_b.model.rosa.injection == "post_mlp"  # stage B continues the branch with its options
+    teacher = study.arm_config("rosa_teacher", s, tmp_path / "plain", tmp_path / "backbone", None)
+    assert teacher.model.hash_teacher.warm_start_steps == 100 and teacher.model.rosa.bits == 8
+    for bad in ("model.lr.A.rosa", "=1"):
+        with pytest.raises(SystemExit, match="expects KEY=VALUE"):
+            study.main(["--smoke", "--stage-a-override", bad, "--logs", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
 
 class _NextTokenModel(torch.nn.Module):
