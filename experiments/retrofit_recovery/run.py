@@ -110,8 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 PRETRAINED = ("pretrain", "backbone", "tasks")
-# settings that leave the pretraining and the tasks as they are
-ARM_ONLY = ("stage_a_steps", "stage_b_steps", "stage_a_overrides")
+STEP_SETTINGS = ("stage_a_steps", "stage_b_steps")   # --stage-a-steps, --stage-b-steps
+ARM_ONLY = (*STEP_SETTINGS, "stage_a_overrides")   # settings that leave the pretraining and the tasks as they are
 
 
 def link_pretraining(source: Path, s: dict, logs: Path) -> None:
@@ -279,8 +279,7 @@ def corpus_of(s: dict, logs: Path):
 
 
 def arm_config(arm: str, s: dict, logs: Path, backbone: Path, best_a: str | None):
-    name = {"rosa_published": "retrofit_rosa_published", "rosa_recommended": "retrofit_rosa_recommended",
-            "rosa_teacher": "retrofit_rosa_teacher", "stage_b": "retrofit_stage_b"}.get(arm, f"retrofit_{arm}")
+    name = f"retrofit_{arm}"  # conf/experiment/retrofit_<arm>.yaml
     ov = [*common_overrides(s), f"model.backbone={backbone}"]
     if arm != "global":
         ov.append(f"model.rosa.window={s['window']}")
@@ -592,7 +591,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logs = args.logs.resolve()
     s = settings(args.smoke, logs)
-    for key in ARM_ONLY[:2]:  # --stage-a-steps, --stage-b-steps
+    for key in STEP_SETTINGS:
         steps = getattr(args, key)
         if steps is not None:
             if steps < 1:
