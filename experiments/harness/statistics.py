@@ -110,3 +110,25 @@ def ranks(a: np.ndarray) -> np.ndarray:
     r[order] = np.arange(1, len(a) + 1)
     _, inv = np.unique(a, return_inverse=True)
     return np.bincount(inv, weights=r)[inv] / np.bincount(inv)[inv]
+
+
+def paired_bootstrap_means(scores: np.ndarray, num_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """float64 [num_boot, arms]: the mean of each row of ``scores`` ([arms, n], one column per sample, every arm
+    scored on the same samples) over ``num_boot`` resamples of the columns, the same columns for every arm, so
+    that differences and ratios between arms keep their pairing."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError(f"scores must be [arms, samples] with at least one sample, got shape {scores.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, scores.shape[1], size=(num_boot, scores.shape[1]))
+    return np.stack([scores[a][idx].mean(axis=1) for a in range(scores.shape[0])], axis=1)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite ``values`` (NaN, NaN when none is finite)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

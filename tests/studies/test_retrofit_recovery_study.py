@@ -63,6 +63,29 @@ def test_retrofit_recovery_smoke(tmp_path):
     stale = subprocess.run([*cmd, "--arms", "global,window,rosa_published,rosa_recommended,rosa_teacher,stage_b"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert stale.returncode != 0 and "remove that folder" in stale.stderr
+    stage_b.write_text(json.dumps(record))
+    # the rescoring command on the finished arms: every record the held-out files give, intervals, shares
+    rescored = tmp_path / "rescore"
+    rescore = [sys.executable, "-m", "experiments.retrofit_recovery.rescore", str(logs / "global"),
+               str(logs / "window"), f"best={logs / 'stage_b'}", "--out", str(rescored), "--niah-samples", "2",
+               "--num-boot", "50"]
+    proc = subprocess.run(rescore, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sample/s" in proc.stderr  # the evaluation's progress bars
+    summary = json.loads((rescored / "results.json").read_text())["summary"]
+    assert set(summary) == {"lcc", "repobench-p", "niah_single_1_1024"}
+    counts = json.loads((rescored / "tasks" / "counts.json").read_text())
+    assert counts["lcc"] >= 1 and summary["lcc"]["samples"] == counts["lcc"]
+    assert summary["niah_single_1_1024"]["samples"] == 2
+    for task in summary.values():
+        assert set(task["arms"]) == {"global", "window", "best"}
+        for arm in task["arms"].values():
+            lo, hi = arm["ci"]
+            assert 0.0 <= lo <= arm["mean"] <= hi <= 100.0
+    assert (rescored / "scores_ci.png").stat().st_size > 1000 and "| best |" in (rescored / "results.md").read_text()
+    again = subprocess.run(rescore, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "sample/s" not in again.stderr  # finished evaluations are reused
+    assert json.loads((rescored / "results.json").read_text())["summary"] == summary
 
 
 @pytest.mark.parametrize("kind", ["repeat", "digest"])
