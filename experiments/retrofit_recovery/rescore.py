@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -167,9 +168,17 @@ def evaluate_run(run: dict, tokenizer, task_dir: Path, lengths: list[int], sampl
     from rosa_lightning.evaluation.niah import generate_niah
 
     eval_dir = out / "arms" / slug(run["label"])
-    probe_file = eval_dir / "niah_probe.json"
-    if (eval_dir / "results.json").is_file() and probe_file.is_file():
-        return eval_dir
+    probe_file, record = eval_dir / "niah_probe.json", eval_dir / "rescore.json"
+    want = {"run": os.path.relpath(run["logs"] / run["arm"], out), "niah": lengths, "niah_samples": samples}
+    if eval_dir.exists():
+        had = json.loads(record.read_text()) if record.is_file() else None
+        if had != want:
+            raise SystemExit(f"{eval_dir} holds an evaluation of {had or 'unrecorded settings'}, not of {want}: "
+                             f"label the run otherwise (LABEL=<logs>/<arm>) or pass another --out")
+        if (eval_dir / "results.json").is_file() and probe_file.is_file():
+            return eval_dir
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(want))
     model = arm_model(run)
     overrides = ["tasks=retrofit", f"data.dir={task_dir}", f"tasks.niah=[{','.join(map(str, lengths))}]",
                  f"niah.num_samples={samples}", f"longbench.max_length={run['settings']['seq_len']}",
@@ -318,7 +327,7 @@ def main(argv=None) -> int:
     ref = (arms.index("global"), arms.index("window"))
     summary = {t: summarize_task(labels, [sample_scores(dirs[l], t) for l in labels], ref, args.num_boot)
                for t in [*CODE_TASKS, *[f"niah_single_1_{n}" for n in lengths]]}
-    write_json(out / "results.json", {"runs": {r["label"]: str(r["logs"] / r["arm"]) for r in runs},
+    write_json(out / "results.json", {"runs": {r["label"]: os.path.relpath(r["logs"] / r["arm"]) for r in runs},
                                       "niah_samples": args.niah_samples, "summary": summary, "niah_probe": probes})
     print(write_report(summary, probes, out))
     print(f"report written to {out}")

@@ -95,3 +95,14 @@ def test_runs_it_cannot_rescore_are_refused(tmp_path):
         rescore.collect_runs([str(tmp_path / "logs" / "global")])
     with pytest.raises(SystemExit, match="at least 1"):
         rescore.parse_args(["x", "--out", "y", "--niah-samples", "0"])
+
+
+def test_an_evaluation_folder_of_other_settings_is_not_reused(tmp_path):
+    eval_dir = tmp_path / "out" / "arms" / "best"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "rescore.json").write_text(json.dumps({"run": "../logs/stage_b", "niah": [512], "niah_samples": 100}))
+    run = {"label": "best", "logs": tmp_path / "logs", "arm": "stage_b"}
+    with pytest.raises(SystemExit, match="label the run otherwise"):
+        rescore.evaluate_run(run, None, tmp_path / "tasks", [512, 1024], 100, tmp_path / "out")
+    with pytest.raises(SystemExit, match="label the run otherwise"):  # same settings, another run under that label
+        rescore.evaluate_run({**run, "arm": "rosa_teacher"}, None, tmp_path / "tasks", [512], 100, tmp_path / "out")
