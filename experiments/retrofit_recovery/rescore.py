@@ -72,7 +72,7 @@ def study_settings(logs: Path) -> dict:
         raise SystemExit(f"{logs}: expected a study logs folder holding study.json (a RUN is <study logs>/<arm>)")
     theirs = json.loads(record.read_text())
     s = study.settings(bool(theirs.get("smoke")), logs)
-    changed = [k for k in study.settings_changed(theirs, s) if k not in study.ARM_ONLY]
+    changed = study.pretraining_changed(theirs, s)
     if changed:
         raise SystemExit(f"{logs}: its study used other settings than this code's ({', '.join(changed)} differ)")
     s.update({k: theirs[k] for k in study.ARM_ONLY if k in theirs})
@@ -88,8 +88,10 @@ def file_digest(path: Path) -> str:
 
 
 def collect_runs(specs: list[str]) -> list[dict]:
-    """The runs as dicts (label, logs, arm, settings), checked: finished arms of known names, one backbone."""
+    """The runs as dicts (label, logs, arm, settings, backbone: its SHA-256), checked: finished arms of known
+    names, one backbone."""
     runs, digests, labels = [], {}, set()
+    one_study = len({parse_run(s)[1].parent for s in specs}) == 1  # then the arm names alone label the runs
     for spec in specs:
         label, path = parse_run(spec)
         logs, arm = path.parent, path.name
@@ -102,11 +104,12 @@ def collect_runs(specs: list[str]) -> list[dict]:
         if not backbone.is_file():
             raise SystemExit(f"{spec}: its study folder {logs} holds no backbone/model.safetensors")
         digests.setdefault(logs, file_digest(backbone))
-        label = label or (arm if len({parse_run(s)[1].parent for s in specs}) == 1 else f"{logs.name}/{arm}")
+        label = label or (arm if one_study else f"{logs.name}/{arm}")
         if label in labels:
             raise SystemExit(f"two runs are labelled {label!r}; name them LABEL=<logs>/<arm>")
         labels.add(label)
-        runs.append({"label": label, "logs": logs, "arm": arm, "settings": study_settings(logs)})
+        runs.append({"label": label, "logs": logs, "arm": arm, "settings": study_settings(logs),
+                     "backbone": digests[logs]})
     if len(set(digests.values())) > 1:
         raise SystemExit("the runs' studies have different backbones (" + ", ".join(str(k) for k in digests) +
                          "): rescore arms of one pretraining (studies linked with --pretrained-from) together")
@@ -127,8 +130,7 @@ def build_tasks(run: dict, tokenizer, out: Path, records: int | None) -> Path:
 
     s, task_dir = run["settings"], out / "tasks"
     texts = study.corpus_of(s, run["logs"]).texts("test")
-    want = {"records": records or len(texts), "task_tokens": list(s["task_tokens"]),
-            "backbone": file_digest(run["logs"] / "backbone" / "model.safetensors")}
+    want = {"records": records or len(texts), "task_tokens": list(s["task_tokens"]), "backbone": run["backbone"]}
     record = task_dir / "settings.json"
     if record.is_file():
         if json.loads(record.read_text()) != want:
@@ -144,15 +146,13 @@ def build_tasks(run: dict, tokenizer, out: Path, records: int | None) -> Path:
 def arm_model(run: dict):
     """The arm's model as the study evaluated it: a trained arm's merged ``model/``, or global / a window
     conversion built from the backbone."""
-    import hydra
-
     from rosa_lightning.generation.loading import load_run
 
-    if run["arm"] in study.TRAINED:
+    if run["arm"] in study.TRAINED:  # loaded, never trained: study.arm_module would train an unfinished arm
         model, _ = load_run(str(run["logs"] / run["arm"]), device="cpu")
     else:
         cfg = study.arm_config(run["arm"], run["settings"], run["logs"], run["logs"] / "backbone", None)
-        model = hydra.utils.instantiate(cfg.model).model
+        model = study.arm_module(run["arm"], cfg, run["logs"])[0].model
     return model.eval()
 
 

@@ -121,7 +121,7 @@ def link_pretraining(source: Path, s: dict, logs: Path) -> None:
     if not record.is_file() or not all((source / name).exists() for name in PRETRAINED):
         raise SystemExit(f"--pretrained-from {source}: expected a study logs folder holding study.json and "
                          f"{', '.join(PRETRAINED)}")
-    changed = [k for k in settings_changed(json.loads(record.read_text()), s) if k not in ARM_ONLY]
+    changed = pretraining_changed(json.loads(record.read_text()), s)
     if changed:
         raise SystemExit(f"--pretrained-from {source}: its study used other pretraining settings "
                          f"({', '.join(changed)} differ)")
@@ -240,6 +240,12 @@ def settings_changed(theirs: dict, s: dict) -> list[str]:
     ``extra``), sorted."""
     mine = json.loads(json.dumps({k: v for k, v in s.items() if k != "extra"}))
     return sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+
+
+def pretraining_changed(theirs: dict, s: dict) -> list[str]:
+    """``settings_changed`` without the arm-only settings (``ARM_ONLY``): the keys that make a recorded study's
+    pretraining and tasks other than those of ``s``."""
+    return [k for k in settings_changed(theirs, s) if k not in ARM_ONLY]
 
 
 def check_logs(s: dict, logs: Path) -> None:
