@@ -97,12 +97,15 @@ class LayerTimes:
 INJECTIONS = ("post_attn", "post_mlp")
 
 
-def layer_times(model: dict, T: int, window: int, rosa: bool, injection: str = "post_attn") -> LayerTimes:
-    """FLOP model: 2 FLOPs per multiply-add, backward = 2x forward, ROSA backward recomputes its three logits.
+def layer_times(model: dict, T: int, window: int, rosa: bool, injection: str = "post_attn",
+                k_from_q: bool = False) -> LayerTimes:
+    """FLOP model: 2 FLOPs per multiply-add, backward = 2x forward, ROSA backward recomputes its logits.
 
     ``injection``: where the branch output joins the residual stream (``RosaConfig.injection``): ``post_attn``
     (published) after attention, so the retrieval overlaps the V projection and attention; ``post_mlp`` after the
-    MLP, so it overlaps the whole layer."""
+    MLP, so it overlaps the whole layer. ``k_from_q``: K's logits are Q's of the previous position
+    (``kv_shift`` + ``qk_tied``, the recommended inputs; ``RosaBranch``): no K projection, so the branch runs three
+    C x C projections forward instead of four and recomputes two logits in the backward instead of three."""
     if injection not in INJECTIONS:
         raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
     C, H, KV, d, I = (model[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate"))
@@ -112,7 +115,7 @@ def layer_times(model: dict, T: int, window: int, rosa: bool, injection: str = "
     attn_core = 4 * H * d * keys
     mlp = 2 * T * 3 * C * I
     plain_fwd = attn_proj + attn_core + mlp
-    branch_qk, branch_v, branch_out = 2 * 2 * T * C * C, 2 * T * C * C, 2 * T * C * C
+    branch_qk, branch_v, branch_out = (1 if k_from_q else 2) * 2 * T * C * C, 2 * T * C * C, 2 * T * C * C
     branch_bwd = (2 * (branch_qk + branch_v + branch_out) + branch_qk + branch_v) if rosa else 0.0
     late_mlp = mlp if injection == "post_mlp" else 0.0
     return LayerTimes(pre=branch_qk / rate, window=(branch_v + attn_proj + attn_core + late_mlp) / rate,
@@ -146,7 +149,8 @@ class _Cpu:
 
 
 def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer: bool, T: int, window: int,
-                  efficiency: float, injection: str = "post_attn", microbatches: int = 1) -> dict:
+                  efficiency: float, injection: str = "post_attn", microbatches: int = 1,
+                  k_from_q: bool = False) -> dict:
     """One training step of ``microbatches`` sequences: accelerator seconds with ROSA, without, and the time spent
     waiting for the CPU.
 
@@ -154,7 +158,7 @@ def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer:
     pipeline): every micro-batch's branch projections run and submit their retrieval, then each micro-batch's
     V projection and attention (and MLP with ``post_mlp``), waits for its own τ and finishes the layer, so one
     micro-batch's retrieval also overlaps the others' accelerator work. The window-only step runs the same
-    sequences."""
+    sequences. ``k_from_q``: see ``layer_times``."""
     if microbatches < 1:
         raise ValueError(f"microbatches must be at least 1, got {microbatches}")
     L, M = model["layers"], microbatches
@@ -162,7 +166,7 @@ def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer:
     speed = cores * efficiency  # the kernel parallelises over pairs
     t_tau = routes * T * kernel.tau_ns * 1e-9 / speed
     t_full = routes * T * kernel.full_ns * 1e-9 / speed
-    rosa_t = layer_times(model, T, window, rosa=True, injection=injection)
+    rosa_t = layer_times(model, T, window, rosa=True, injection=injection, k_from_q=k_from_q)
     plain_t = layer_times(model, T, window, rosa=False)
     cpu, gpu, forward_wait, backward_wait = _Cpu(), 0.0, 0.0, 0.0
     for layer in range(L):
@@ -200,10 +204,11 @@ def simulate_step(model: dict, kernel: KernelCost, cores: int, bits: int, defer:
 
 
 def cores_to_hide(model, kernel, bits, defer, T, window, efficiency, slack=0.01, injection="post_attn",
-                  microbatches: int = 1) -> Optional[int]:
+                  microbatches: int = 1, k_from_q: bool = False) -> Optional[int]:
     """The fewest cores per accelerator for which waiting adds at most ``slack`` to the step (None: over 512)."""
     for cores in range(1, 513):
-        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency, injection, microbatches)
+        r = simulate_step(model, kernel, cores, bits, defer, T, window, efficiency, injection, microbatches,
+                          k_from_q)
         if r["ratio"] <= r["matmul_ratio"] * (1 + slack):
             return cores
     return None
@@ -226,6 +231,10 @@ def main(argv=None) -> None:
     ap.add_argument("--microbatches", type=int, nargs="+", default=[1],
                     help="micro-batches interleaved per layer (modelled only, not built in the pipeline); more than "
                          "one value adds a column")
+    ap.add_argument("--k-projection", choices=("by-bits", "own"), default="by-bits",
+                    help="by-bits: bits 4 rows are the published branch (its own K projection), bits 8 rows the "
+                         "recommended one, whose K is Q of the previous position (no K projection); own: every row "
+                         "runs a K projection (the model of the branch before it took K from Q)")
     ap.add_argument("--smoke", action="store_true", help="tiny measurement (T = 2048, 2 routes, 1 repeat)")
     ap.add_argument("--out", type=Path, default=None,
                     help="where the tables go (default: results/, whose results.md is the README's measured table; "
@@ -256,26 +265,31 @@ def main(argv=None) -> None:
         head = [name, injection, *([mb] if mb_col else [])]
         for bits, kernel in kernels.items():
             eff = args.efficiency
+            k_from_q = args.k_projection == "by-bits" and bits == 8
+            k_col = "from Q" if k_from_q else "own"
             for defer in (False, True):
                 for cores in args.cores:
-                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff, injection, mb)
-                    rows.append([*head, bits, "deferred" if defer else "with tau", cores, r["tau_ms"],
+                    r = simulate_step(model, kernel, cores, bits, defer, args.T, args.window, eff, injection, mb,
+                                      k_from_q)
+                    rows.append([*head, bits, k_col, "deferred" if defer else "with tau", cores, r["tau_ms"],
                                  r["overlap_ms"], r["forward_wait_s"], r["backward_wait_s"], r["matmul_ratio"],
                                  r["ratio"]])
-                hide.append([*head, bits, "deferred" if defer else "with tau",
+                hide.append([*head, bits, k_col, "deferred" if defer else "with tau",
                              cores_to_hide(model, kernel, bits, defer, args.T, args.window, eff,
-                                           injection=injection, microbatches=mb)])
+                                           injection=injection, microbatches=mb, k_from_q=k_from_q)])
     mb_head = ["micro-batches"] if mb_col else []
     lines += ["## One training step, window + ROSA vs window\n",
               "`critical job`: CPU ms per ROSA layer the forward waits for; `overlap`: accelerator ms it can hide "
               "behind; waits are accelerator seconds per step spent waiting for the CPU; `matmuls only`: the "
-              "ratio if retrieval were free (the branch's own projections).\n",
-              markdown_table(["model", "injection", *mb_head, "bits", "counterfactuals", "cores/GPU", "critical job (ms)",
+              "ratio if retrieval were free (the branch's own projections); `K`: the branch's K projection "
+              "(`own`) or Q's logits of the previous position (`from Q`, the recommended inputs).\n",
+              markdown_table(["model", "injection", *mb_head, "bits", "K", "counterfactuals", "cores/GPU",
+                              "critical job (ms)",
                               "overlap (ms)",
                               "forward wait (s)", "backward wait (s)", "matmuls only", "window+ROSA / window"],
                              rows, 3),
               "## Cores per accelerator to hide retrieval (within 1% of the matmul-only step)\n",
-              markdown_table(["model", "injection", *mb_head, "bits", "counterfactuals", "cores"], hide)]
+              markdown_table(["model", "injection", *mb_head, "bits", "K", "counterfactuals", "cores"], hide)]
     text = "\n".join(lines)
     print(text)
     out = args.out if args.out is not None else HERE / "results" / ("" if measured else "given_ns")

@@ -111,13 +111,26 @@ class PendingRetrieval:
     v_sym: torch.Tensor  # uint8 [B, T, R]
     logit_dtype: torch.dtype
     job: PendingResult
+    k_shifted_q: bool = False  # K's symbols were Q's of the previous position (``RosaBranch.shift_k_from_q``)
 
 
 class RosaBranch(nn.Module):
     """Parallel retrieval branch: u [B, T, C] -> injection [B, T, C] (docs/method.md §2.4).
 
     ``grad_options`` and ``input_options`` are the model's ``RosaConfig.grad`` and ``.inputs``.
+
+    Under ``kv_shift`` + ``qk_tied`` K's logits are Q's of the previous position (k[t] = u[t-1]·Wqᵀ = zq[t-1], and
+    0 at t = 0), so the full forward takes K's symbols from Q's instead of running a second projection, and the
+    backward recomputes one logit matmul less and merges K's gradient into Q's before its two matmuls
+    (``_projection_grads``): four of the branch's fifteen C x C matmuls fewer per layer and step, and K's symbols
+    equal Q's shifted by construction rather than by the matmul giving every row the same result.
+    ``shift_k_from_q = False``
+    (an instance attribute) runs the reference path, ``k_proj`` with Q's weight on the shifted input; it also runs
+    while anything hooks ``k_proj`` (the finite-difference harness forces K bits there), and in streaming, where
+    the first position of a chunk reads the previous chunk.
     """
+
+    shift_k_from_q: bool = True
 
     def __init__(self, hidden_size: int, bits: int, grad_options: GradOptions = GradOptions(),
                  dtype=None, device=None, input_options: InputOptions = InputOptions()) -> None:
@@ -145,6 +158,12 @@ class RosaBranch(nn.Module):
         """The weight K is computed with: None = ``k_proj``'s own, Q's under ``qk_tied``."""
         return self.q_proj.weight if self.input_options.qk_tied else None
 
+    def _k_is_shifted_q(self, retriever: Retriever) -> bool:
+        """Whether this forward takes K's symbols from Q's of the previous position (see the class doc)."""
+        io = self.input_options
+        return (io.kv_shift and io.qk_tied and self.shift_k_from_q and not retriever.streaming
+                and not self.k_proj._forward_hooks and not self.k_proj._forward_pre_hooks)
+
     def _needs_cf(self, u: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (
             u.requires_grad or any(p.requires_grad for p in (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
@@ -166,14 +185,20 @@ class RosaBranch(nn.Module):
             # streaming retriever
             u_q, u_kv = branch_inputs(u, self.input_options, layer_idx, retriever if retriever.streaming else None)
         u_in = u_q if u_kv is None else u_kv
+        shifted = self._k_is_shifted_q(retriever)
         with torch.no_grad():
-            zq, zk = self.q_proj(u_q), self.k_proj(u_in, self._k_weight())
-            q_sym, k_sym = pack_symbols(zq, self.bits), pack_symbols(zk, self.bits)
+            zq = self.q_proj(u_q)
+            q_sym = pack_symbols(zq, self.bits)
+            if shifted:
+                # k[t] = zq[t-1]; position 0 reads a zero vector, whose logits are 0 and whose symbol is 0
+                k_sym = torch.cat([q_sym.new_zeros(q_sym.shape[0], 1, q_sym.shape[2]), q_sym[:, :-1]], dim=1)
+            else:
+                k_sym = pack_symbols(self.k_proj(u_in, self._k_weight()), self.bits)
             dtype = zq.dtype
-            del zq, zk
+            del zq
             job = retriever.submit(layer_idx, q_sym, k_sym, self.bits, want_cf, reuse)
             v_sym = pack_symbols(self.v_proj(u_in), self.bits)
-        return PendingRetrieval(u=u_q, u_kv=u_kv, v_sym=v_sym, logit_dtype=dtype, job=job)
+        return PendingRetrieval(u=u_q, u_kv=u_kv, v_sym=v_sym, logit_dtype=dtype, job=job, k_shifted_q=shifted)
 
     def finish(self, pending: PendingRetrieval) -> torch.Tensor:
         """Wait for retrieval and return the injection y @ Wout^T [B, T, C]."""
@@ -185,7 +210,8 @@ class RosaBranch(nn.Module):
         wk = self._k_weight()
         return RosaBranchFunction.apply(
             pending.u, pending.u_kv, self.q_proj.weight, self.k_proj.weight if wk is None else wk, self.v_proj.weight,
-            self.e0, self.e1, self.out_proj.weight, found, BranchSpec(self.bits, self.grad_options, pending.logit_dtype))
+            self.e0, self.e1, self.out_proj.weight, found,
+            BranchSpec(self.bits, self.grad_options, pending.logit_dtype, pending.k_shifted_q))
 
     def forward(self, u: torch.Tensor, layer_idx: int, retriever: Retriever, reuse: bool = False) -> torch.Tensor:
         """Launch and finish at once (no overlap); used by ``pre_attn`` and tests."""

@@ -40,11 +40,14 @@ class BranchSpec:
         bits: M.
         options: the counterfactual gradient's options.
         logit_dtype: the dtype zq/zk/zv had in the forward (the backward recomputes them in it).
+        k_shifted_q: K's logits are Q's of the previous position (``kv_shift`` + ``qk_tied``, a full forward): the
+            backward takes zk from zq and merges K's logit gradient into Q's (``_projection_grads``).
     """
 
     bits: int
     options: GradOptions
     logit_dtype: torch.dtype
+    k_shifted_q: bool = False
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +111,13 @@ def _projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, spec: Branch
     ukv = uq if u_kv is None else u_kv.to(dt)
     with torch.no_grad():
         zq = F.linear(uq, wq.to(dt))
-        zk, zv = F.linear(ukv, wk.to(dt)), F.linear(ukv, wv.to(dt))
+        zk = _shift_previous_rows(zq) if spec.k_shifted_q else F.linear(ukv, wk.to(dt))
+        zv = F.linear(ukv, wv.to(dt))
     delta = (e1 - e0).detach()
     gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, spec.bits, spec.options, e0=e0.detach())
     del zq, zk, zv
+    if spec.k_shifted_q:
+        return _projection_grads_k_shifted(uq, u, u_kv, wq, wv, gz, dt, need)
     # the docs/gradients.md §2 results are fp32, cast to the logits' dtype; the projections' backward then runs
     # in that dtype, exactly as autograd of F.linear would.
     gz = [g.to(dt) for g in gz]
@@ -127,4 +133,32 @@ def _projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, spec: Branch
             grads["u"] = (gz[0] @ wq.to(dt)).to(u.dtype)
         if need["u_kv"]:
             grads["u_kv"] = (gz[1] @ wk.to(dt) + gz[2] @ wv.to(dt)).to(u_kv.dtype)
+    return grads
+
+
+def _shift_previous_rows(z: torch.Tensor) -> torch.Tensor:
+    """out[:, t] = z[:, t-1], out[:, 0] = 0 (the K logits of ``kv_shift`` + ``qk_tied`` from the Q logits)."""
+    return torch.cat([z.new_zeros(z.shape[0], 1, z.shape[2]), z[:, :-1]], dim=1)
+
+
+def _projection_grads_k_shifted(uq, u, u_kv, wq, wv, gz, dt, need: dict) -> dict:
+    """``_projection_grads`` when zk[t] = zq[t-1]: K's logit gradient at t belongs to Q's row t-1 (its input there is
+    uq[t-1] and its weight Wq), so gq + (gk moved one row back) goes through one weight-gradient matmul and one
+    input-gradient matmul, and u_kv gets only V's part. The sum is taken in fp32 (or the logits' dtype where that is
+    wider), before the cast to the logits' dtype. The ``wk`` slot gets no gradient of its own: it is ``wq``, and
+    all of K's share is in ``wq``'s."""
+    gq, gk, gv = gz
+    acc = torch.promote_types(gq.dtype, dt)  # fp32, or the logits' dtype where that is wider
+    gqk = gq.to(acc, copy=True)
+    gqk[:, :-1] += gk[:, 1:].to(acc)
+    gqk, gv = gqk.to(dt), gv.to(dt)
+    grads = {}
+    if need["wq"] or need["wk"]:
+        grads["wq" if need["wq"] else "wk"] = (_flat(gqk).t() @ _flat(uq)).to(wq.dtype)
+    if need["wv"]:
+        grads["wv"] = (_flat(gv).t() @ _flat(u_kv.to(dt))).to(wv.dtype)
+    if need["u"]:
+        grads["u"] = (gqk @ wq.to(dt)).to(u.dtype)
+    if need["u_kv"]:
+        grads["u_kv"] = (gv @ wv.to(dt)).to(u_kv.dtype)
     return grads

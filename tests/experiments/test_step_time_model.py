@@ -91,3 +91,22 @@ def test_a_run_on_given_kernel_figures_leaves_the_measured_table_alone(monkeypat
     monkeypatch.setattr(stm.Path, "mkdir", lambda self, **k: None)
     main(["--ns", "4:15:25", "--ns", "8:20:40", "--cores", "14"])
     assert written and all(p.parent == stm.HERE / "results" / "given_ns" for p in written)
+
+
+def test_k_from_q_removes_a_quarter_of_the_branch_matmuls():
+    """Without a K projection the branch's matmuls are 11 of 15 C x C units per layer and step (forward 3 of 4,
+    backward 8 of 11), so the matmul-only overhead over the window shrinks by 4/15, and the step never gets slower."""
+    from experiments.step_time_model.run import layer_times
+
+    model = MODELS["Qwen3-1.7B"]
+    free = KernelCost(bits=8, tau_ns=0.0, full_ns=0.0, speedup_2=2.0)
+    own = simulate_step(model, free, 14, 8, True, **SHAPE)
+    from_q = simulate_step(model, free, 14, 8, True, k_from_q=True, **SHAPE)
+    assert (from_q["matmul_ratio"] - 1) == pytest.approx((own["matmul_ratio"] - 1) * 11 / 15, rel=1e-9)
+    a, b = layer_times(model, 16384, 2048, rosa=True), layer_times(model, 16384, 2048, rosa=True, k_from_q=True)
+    assert b.pre == pytest.approx(a.pre / 2) and b.window == a.window and b.post == a.post
+    kernel = KernelCost(bits=8, tau_ns=25.0, full_ns=60.0, speedup_2=2.0)
+    for cores in (8, 14, 32, 64):
+        for defer in (False, True):
+            assert simulate_step(model, kernel, cores, 8, defer, k_from_q=True, **SHAPE)["step_s"] <= \
+                simulate_step(model, kernel, cores, 8, defer, **SHAPE)["step_s"] + 1e-12

@@ -286,3 +286,89 @@ def test_e0_term_config_and_default():
                                    e0=torch.zeros(8))
     b = counterfactual_logit_grads(zq, zk, zv, m.tau, m.cf, g, torch.ones(8), 4)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# ---- kv_shift + qk_tied: K's symbols from Q's of the previous position -------------------------------------------
+
+def _train_step(model, ids, shift_k_from_q):
+    for layer in rosa_layers(model):
+        layer.rosa.shift_k_from_q = shift_k_from_q
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), grads
+
+
+@pytest.mark.parametrize("opts", [dict(kv_shift=True, qk_tied=True),
+                                  dict(kv_shift=True, qk_tied=True, center_u="causal_mean", bits=8)])
+def test_k_from_shifted_q_equals_the_k_projection(opts):
+    """The full forward's shortcut (no K projection, K's gradient merged into Q's) against the reference path that
+    runs k_proj with Q's weight on the shifted input: the same logits bit for bit, the same gradients, and the K
+    symbols handed to the retriever equal Q's shifted by one position."""
+    ids = _ids(6)
+    model = _model(seed=4, **opts)
+    randomize_values(model, seed=4)
+    model.train()
+    layer = rosa_layers(model)[0]
+    submitted = []
+    real_launch = RosaBranch.launch
+
+    def spy(self, u, layer_idx, retriever, reuse=False):
+        pending = real_launch(self, u, layer_idx, retriever, reuse)
+        if self is layer.rosa:
+            submitted.append(pending.k_shifted_q)
+        return pending
+
+    RosaBranch.launch = spy
+    try:
+        fast_logits, fast = _train_step(model, ids, True)
+        ref_logits, ref = _train_step(model, ids, False)
+    finally:
+        RosaBranch.launch = real_launch
+    assert submitted == [True, False]
+    assert torch.equal(fast_logits, ref_logits)
+    assert set(fast) == set(ref) and not any(".rosa.k_proj." in n for n in fast)
+    moved = 0
+    for name in ref:
+        torch.testing.assert_close(fast[name], ref[name], atol=1e-6, rtol=1e-5)
+        moved += ".rosa.q_proj." in name and fast[name].abs().max() > 0
+    assert moved == len(rosa_layers(model))
+
+    # the symbols: Q's of the previous position, 0 at position 0, equal to the K projection's
+    with torch.no_grad():
+        u = torch.randn(2, 17, 32)
+        branch = RosaBranch(32, opts.get("bits", 4), input_options=layer.rosa.input_options)
+        seen = {}
+
+        class Pipe:
+            streaming = False
+
+            def submit(self, layer_idx, q, k, bits, want_cf, reuse=False):
+                seen.setdefault("qk", []).append((q, k))
+                m = rosa_match(q, k, bits, num_threads=1, want_cf=False)
+                return type("H", (), {"result": lambda self_, v: LayerRetrieval(m.tau, values_at(v, m.tau), None)})()
+
+        branch(u, 0, Pipe())
+        branch.shift_k_from_q = False
+        branch(u, 0, Pipe())
+    (q1, k1), (q2, k2) = seen["qk"]
+    assert torch.equal(q1, q2) and torch.equal(k1, k2)
+    assert not k1[:, 0].any() and torch.equal(k1[:, 1:], q1[:, :-1])
+
+
+def test_k_projection_runs_while_hooked():
+    """A hook on k_proj (the finite-difference harness forces K bits there) sees the K projection run."""
+    model = _model(seed=5, kv_shift=True, qk_tied=True)
+    layer = rosa_layers(model)[0]
+    calls = []
+    h = layer.rosa.k_proj.register_forward_hook(lambda _m, _i, out: calls.append(out.shape))
+    try:
+        with torch.no_grad():
+            model(_ids(7))
+    finally:
+        h.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        model(_ids(7))
+    assert len(calls) == 1  # no hook: the shortcut, no K projection
