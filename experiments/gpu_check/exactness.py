@@ -71,21 +71,31 @@ def model_exactness(rows: list[Row], device: torch.device, batch: int, length: i
 
     In float64, where rounding cannot flip a projection's sign bit (a flipped bit changes a symbol, hence tau, and
     the difference is then no longer a rounding one), for every variant; in fp32 (the training dtype) once, where a
-    flipped bit is possible but rare at this size."""
-    rosa = RosaConfig(bits=4, window=16, global_layers=1)
+    flipped bit is possible but rare at this size.
+
+    Then the recommended branch (bits 8, ``kv_shift`` + ``qk_tied``), whose full forward takes K's symbols from Q's
+    of the previous position instead of running a K projection (``RosaBranch.shift_k_from_q``), in float64 and fp32
+    with deferral: the device's shortcut against the CPU's."""
+    configs = {"published": RosaConfig(bits=4, window=16, global_layers=1),
+               "induction": RosaConfig(bits=8, window=16, global_layers=1,
+                                       inputs=dict(kv_shift=True, qk_tied=True))}
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(1, TINY["vocab_size"], (batch, length), generator=g)
-    variants = [(torch.float64, d, c) for d in (False, True) for c in (False, True)] + [(torch.float32, True, False)]
+    variants = ([(torch.float64, d, c, "published") for d in (False, True) for c in (False, True)]
+                + [(torch.float32, True, False, "published")]
+                + [(dt, True, False, "induction") for dt in (torch.float64, torch.float32)])
     refs = {}
-    for dtype, defer, ckpt in variants:
+    for dtype, defer, ckpt, inputs in variants:
         name = str(dtype).replace("torch.", "")
         setting = f"{name} B={batch} T={length} defer={defer} checkpointing={ckpt}"
+        if inputs != "published":
+            setting += " bits=8 inputs=induction (K from Q)"
         if not budget.allows(30):
             rows.append(Row("1 exactness", "model device vs CPU", setting, "skipped", note="time budget"))
             continue
-        if dtype not in refs:
-            refs[dtype] = small_rosa_model(TINY, rosa, seed=3, dtype=dtype)
-        base = refs[dtype]
+        if (dtype, inputs) not in refs:
+            refs[dtype, inputs] = small_rosa_model(TINY, configs[inputs], seed=3, dtype=dtype)
+        base = refs[dtype, inputs]
         guarded(rows, "1 exactness", "model device vs CPU", setting,
                 lambda: rows.append(_model_case(base, ids, device, defer, ckpt, threads, setting)))
 

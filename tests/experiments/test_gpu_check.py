@@ -26,8 +26,9 @@ def test_cpu_rehearsal_runs_every_section(tmp_path):
     pipeline = by("1 exactness", "pipeline vs rosa_match")
     assert len(pipeline) == 8 and all(r["result"] == "pass" for r in pipeline)  # 2 shapes x bits 4, 8 x defer
     model = by("1 exactness", "model device vs CPU")
-    assert len(model) == 5 and all(r["result"] == "pass" for r in model)
+    assert len(model) == 7 and all(r["result"] == "pass" for r in model)
     assert any("checkpointing=True" in r["setting"] for r in model)
+    assert sum("inputs=induction" in r["setting"] for r in model) == 2
     assert [r["result"] for r in by("2 bf16", "forward + backward")] == ["pass"]
     for arm in ("global", "window", "window+rosa"):
         (row,) = by("3 step time", arm)
