@@ -23,7 +23,7 @@ from torch import nn
 from rosa_lightning.retrieval.seam import PendingResult, Retriever
 
 from .branch_function import BranchSpec, RosaBranchFunction
-from .branch_inputs import InputOptions, branch_inputs
+from .branch_inputs import InputOptions, branch_inputs, shift_previous
 from .counterfactual import GradOptions
 from .symbols import pack_symbols
 
@@ -191,7 +191,7 @@ class RosaBranch(nn.Module):
             q_sym = pack_symbols(zq, self.bits)
             if shifted:
                 # k[t] = zq[t-1]; position 0 reads a zero vector, whose logits are 0 and whose symbol is 0
-                k_sym = torch.cat([q_sym.new_zeros(q_sym.shape[0], 1, q_sym.shape[2]), q_sym[:, :-1]], dim=1)
+                k_sym = shift_previous(q_sym)
             else:
                 k_sym = pack_symbols(self.k_proj(u_in, self._k_weight()), self.bits)
             dtype = zq.dtype

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from rosa_lightning.retrieval.seam import LayerRetrieval
 
+from .branch_inputs import shift_previous
 from .counterfactual import GradOptions, counterfactual_logit_grads, readout, readout_grads
 
 # The differentiable inputs of ``RosaBranchFunction.apply``, in order; the retrieval result and the spec follow.
@@ -111,13 +112,13 @@ def _projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, spec: Branch
     ukv = uq if u_kv is None else u_kv.to(dt)
     with torch.no_grad():
         zq = F.linear(uq, wq.to(dt))
-        zk = _shift_previous_rows(zq) if spec.k_shifted_q else F.linear(ukv, wk.to(dt))
+        zk = shift_previous(zq) if spec.k_shifted_q else F.linear(ukv, wk.to(dt))
         zv = F.linear(ukv, wv.to(dt))
     delta = (e1 - e0).detach()
     gz = counterfactual_logit_grads(zq, zk, zv, tau, cf, grad_y, delta, spec.bits, spec.options, e0=e0.detach())
     del zq, zk, zv
     if spec.k_shifted_q:
-        return _projection_grads_k_shifted(uq, u, u_kv, wq, wv, gz, dt, need)
+        return _projection_grads_k_shifted(uq, ukv, u, u_kv, wq, wv, gz, dt, need)
     # the docs/gradients.md §2 results are fp32, cast to the logits' dtype; the projections' backward then runs
     # in that dtype, exactly as autograd of F.linear would.
     gz = [g.to(dt) for g in gz]
@@ -136,12 +137,7 @@ def _projection_grads(u, u_kv, wq, wk, wv, e0, e1, tau, cf, grad_y, spec: Branch
     return grads
 
 
-def _shift_previous_rows(z: torch.Tensor) -> torch.Tensor:
-    """out[:, t] = z[:, t-1], out[:, 0] = 0 (the K logits of ``kv_shift`` + ``qk_tied`` from the Q logits)."""
-    return torch.cat([z.new_zeros(z.shape[0], 1, z.shape[2]), z[:, :-1]], dim=1)
-
-
-def _projection_grads_k_shifted(uq, u, u_kv, wq, wv, gz, dt, need: dict) -> dict:
+def _projection_grads_k_shifted(uq, ukv, u, u_kv, wq, wv, gz, dt, need: dict) -> dict:
     """``_projection_grads`` when zk[t] = zq[t-1]: K's logit gradient at t belongs to Q's row t-1 (its input there is
     uq[t-1] and its weight Wq), so gq + (gk moved one row back) goes through one weight-gradient matmul and one
     input-gradient matmul, and u_kv gets only V's part. The sum is taken in fp32 (or the logits' dtype where that is
@@ -156,7 +152,7 @@ def _projection_grads_k_shifted(uq, u, u_kv, wq, wv, gz, dt, need: dict) -> dict
     if need["wq"] or need["wk"]:
         grads["wq" if need["wq"] else "wk"] = (_flat(gqk).t() @ _flat(uq)).to(wq.dtype)
     if need["wv"]:
-        grads["wv"] = (_flat(gv).t() @ _flat(u_kv.to(dt))).to(wv.dtype)
+        grads["wv"] = (_flat(gv).t() @ _flat(ukv)).to(wv.dtype)
     if need["u"]:
         grads["u"] = (gqk @ wq.to(dt)).to(u.dtype)
     if need["u_kv"]:
