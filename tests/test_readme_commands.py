@@ -36,6 +36,10 @@ NOT_RUN = {
 # appended overrides, by the start of the command; the first match applies
 SHRINK = [
     ("python train.py experiment=longbench trainer.fast_dev_run=true", []),
+    # as below, with NIAH during training on 2 samples of 8 new tokens (the callback's are 50 of RULER's 128)
+    ("python train.py experiment=longbench callbacks=keep_best_niah",
+     ["trainer.max_steps=1", "data.seq_len=4096", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+      "callbacks.task_eval.num_samples=2", "callbacks.task_eval.max_new_tokens=8"]),
     # one step on 4,096-token rows (the stand-in above runs the recipe's 16,384); the generated corpus
     # has fewer rows than the recipe's 1000-step validation interval
     ("python train.py experiment=longbench", ["trainer.max_steps=1", "data.seq_len=4096",

@@ -11,8 +11,9 @@ every arm)::
     python -m experiments.retrofit_recovery.rescore logs/retrofit_recovery/global logs/retrofit_recovery/window \\
         logs/retrofit_recovery/stage_b --out logs/rescore
 
-Each RUN is an arm folder of a study (``<logs>/<arm>``, finished: it holds ``result.json``), optionally as
-``LABEL=<logs>/<arm>``; the runs whose arm is ``global`` and ``window`` are the references of the shares. A
+Each RUN is an arm folder of a study (``<logs>/<arm>``, finished: it holds ``result.json``), or the model a
+trained arm kept at its best NIAH step (``<logs>/<arm>/best/niah_single_1_<n>``, written with
+``callbacks=keep_best_niah``), optionally as ``LABEL=<path>``; the runs whose arm is ``global`` and ``window`` are the references of the shares. A
 trained arm is loaded from its merged ``model/`` folder, global and the window conversions are built from the
 backbone as the study builds them. Everything goes under ``--out``: the task files (``tasks/``), each arm's
 evaluation (``arms/<label>/``, reused when the command runs again), ``results.json``, ``results.md`` and
@@ -87,13 +88,23 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def arm_folder(path: Path) -> Path:
+    """The arm folder of a RUN path: ``path`` itself, or ``<logs>/<arm>`` of ``<logs>/<arm>/best/<task>``."""
+    return path.parent.parent if path.parent.name == "best" and path.parent.parent.name in study.ARMS else path
+
+
 def collect_runs(specs: list[str]) -> list[dict]:
     """The runs as dicts (label, logs, arm, settings, backbone: its SHA-256), checked: finished arms of known
     names, one backbone."""
     runs, digests, labels = [], {}, set()
-    one_study = len({parse_run(s)[1].parent for s in specs}) == 1  # then the arm names alone label the runs
-    for spec in specs:
-        label, path = parse_run(spec)
+    resolved = [(spec, *parse_run(spec)) for spec in specs]
+    one_study = len({arm_folder(path).parent for _, _, path in resolved}) == 1  # then arm names label the runs
+    for spec, label, path in resolved:
+        model_dir = None
+        if arm_folder(path) != path:  # the model a trained arm kept at its best NIAH step (keep_best_niah)
+            model_dir, path = path, arm_folder(path)
+            if not (model_dir / "best.json").is_file():
+                raise SystemExit(f"{spec}: not a kept best model (no best.json)")
         logs, arm = path.parent, path.name
         if arm not in study.ARMS:
             raise SystemExit(f"{spec}: {arm!r} is not an arm of the study (expected <study logs>/<arm>, arm one of "
@@ -104,12 +115,13 @@ def collect_runs(specs: list[str]) -> list[dict]:
         if not backbone.is_file():
             raise SystemExit(f"{spec}: its study folder {logs} holds no backbone/model.safetensors")
         digests.setdefault(logs, file_digest(backbone))
-        label = label or (arm if one_study else f"{logs.name}/{arm}")
+        name = arm if model_dir is None else f"{arm}_best_{model_dir.name}"
+        label = label or (name if one_study else f"{logs.name}/{name}")
         if label in labels:
             raise SystemExit(f"two runs are labelled {label!r}; name them LABEL=<logs>/<arm>")
         labels.add(label)
         runs.append({"label": label, "logs": logs, "arm": arm, "settings": study_settings(logs),
-                     "backbone": digests[logs]})
+                     "backbone": digests[logs], "model_dir": model_dir})
     if len(set(digests.values())) > 1:
         raise SystemExit("the runs' studies have different backbones (" + ", ".join(str(k) for k in digests) +
                          "): rescore arms of one pretraining (studies linked with --pretrained-from) together")
@@ -148,7 +160,9 @@ def arm_model(run: dict):
     conversion built from the backbone."""
     from rosa_lightning.generation.loading import load_run
 
-    if run["arm"] in study.TRAINED:  # loaded, never trained: study.arm_module would train an unfinished arm
+    if run.get("model_dir") is not None:
+        model, _ = load_run(str(run["model_dir"]), device="cpu")
+    elif run["arm"] in study.TRAINED:  # loaded, never trained: study.arm_module would train an unfinished arm
         model, _ = load_run(str(run["logs"] / run["arm"]), device="cpu")
     else:
         cfg = study.arm_config(run["arm"], run["settings"], run["logs"], run["logs"] / "backbone", None)
@@ -169,7 +183,8 @@ def evaluate_run(run: dict, tokenizer, task_dir: Path, lengths: list[int], sampl
 
     eval_dir = out / "arms" / slug(run["label"])
     probe_file, record = eval_dir / "niah_probe.json", eval_dir / "rescore.json"
-    want = {"run": os.path.relpath(run["logs"] / run["arm"], out), "niah": lengths, "niah_samples": samples}
+    source = run.get("model_dir") or run["logs"] / run["arm"]
+    want = {"run": os.path.relpath(source, out), "niah": lengths, "niah_samples": samples}
     if eval_dir.exists():
         had = json.loads(record.read_text()) if record.is_file() else None
         if had != want:
@@ -327,7 +342,8 @@ def main(argv=None) -> int:
     ref = (arms.index("global"), arms.index("window"))
     summary = {t: summarize_task(labels, [sample_scores(dirs[l], t) for l in labels], ref, args.num_boot)
                for t in [*CODE_TASKS, *[f"niah_single_1_{n}" for n in lengths]]}
-    write_json(out / "results.json", {"runs": {r["label"]: os.path.relpath(r["logs"] / r["arm"]) for r in runs},
+    write_json(out / "results.json", {"runs": {r["label"]: os.path.relpath(r.get("model_dir") or r["logs"] / r["arm"])
+                                               for r in runs},
                                       "niah_samples": args.niah_samples, "summary": summary, "niah_probe": probes})
     print(write_report(summary, probes, out))
     print(f"report written to {out}")

@@ -58,7 +58,7 @@ def _fmt(value: float) -> str:
 
 def _metric_lines(metrics: dict[str, float], width: int = 76) -> list[str]:
     """``key value`` pairs of the final metrics, wrapped at ``width`` characters."""
-    keys = [k for k in TRAIN_KEYS if k in metrics] + sorted(k for k in metrics if k.startswith("val/"))
+    keys = [k for k in TRAIN_KEYS if k in metrics] + sorted(k for k in metrics if k.startswith(("val/", "eval/")))
     lines: list[str] = []
     for pair in (f"{k} {_fmt(metrics[k])}" for k in keys):
         if lines and len(lines[-1]) + 2 + len(pair) <= width:
@@ -85,7 +85,7 @@ def _wandb_dir(lg: Any) -> Optional[Path]:
 
 def output_files(trainer: L.Trainer, output_dir: Path) -> list[tuple[str, Path]]:
     """(what, path) of every file or folder the run may have written: checkpoints, adapter, merged
-    model, metrics CSV, W&B run and the text log. Called before the loggers finish (the W&B run is
+    model, the best model kept during training, metrics CSV, W&B run and the text log. Called before the loggers finish (the W&B run is
     still open); ``summary_lines`` keeps those that exist after they flushed."""
     found: list[tuple[str, Optional[Path]]] = [("run dir", output_dir)]
     ckpt = trainer.checkpoint_callback
@@ -94,6 +94,9 @@ def output_files(trainer: L.Trainer, output_dir: Path) -> list[tuple[str, Path]]
     for cb in trainer.callbacks:
         if isinstance(cb, AdapterExport):
             found += [("adapter", cb.exported), ("model", cb.exported_model)]
+        best_dir = getattr(cb, "best_dir", None)  # evaluation.during_training.TaskEvaluation's kept best model
+        if isinstance(best_dir, Path) and getattr(cb, "keep_best", False):
+            found.append(("best model", best_dir))
     for lg in trainer.loggers:
         if type(lg).__name__ == "CSVLogger":
             found.append(("metrics csv", Path(lg.log_dir) / "metrics.csv"))

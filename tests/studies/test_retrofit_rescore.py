@@ -106,3 +106,27 @@ def test_an_evaluation_folder_of_other_settings_is_not_reused(tmp_path):
         rescore.evaluate_run(run, None, tmp_path / "tasks", [512, 1024], 100, tmp_path / "out")
     with pytest.raises(SystemExit, match="label the run otherwise"):  # same settings, another run under that label
         rescore.evaluate_run({**run, "arm": "rosa_teacher"}, None, tmp_path / "tasks", [512], 100, tmp_path / "out")
+
+
+def test_a_kept_best_model_is_rescored_as_its_arm(tmp_path):
+    from experiments.retrofit_recovery import run as study
+
+    logs = tmp_path / "logs"
+    for arm in ("global", "window", "stage_b"):
+        (logs / arm).mkdir(parents=True)
+        (logs / arm / "result.json").write_text("{}")
+    (logs / "backbone").mkdir()
+    (logs / "backbone" / "model.safetensors").write_bytes(b"weights")
+    recorded = {k: v for k, v in study.settings(False, logs).items() if k != "extra"}  # as the study writes it
+    (logs / "study.json").write_text(json.dumps(recorded))
+    best = logs / "stage_b" / "best" / "niah_single_1_1024"
+    best.mkdir(parents=True)
+    specs = [str(logs / "global"), str(logs / "window"), str(best)]
+    with pytest.raises(SystemExit, match="not a kept best model"):
+        rescore.collect_runs(specs)
+    (best / "best.json").write_text(json.dumps({"step": 4, "score": 10.0}))
+    runs = rescore.collect_runs(specs)
+    assert [(r["label"], r["arm"], r["model_dir"]) for r in runs] == [
+        ("global", "global", None), ("window", "window", None),
+        ("stage_b_best_niah_single_1_1024", "stage_b", best.resolve())]
+    assert rescore.collect_runs([*specs[:2], f"peak={best}"])[2]["label"] == "peak"
