@@ -139,3 +139,28 @@ def test_a_run_without_tokenizer_is_refused_before_training(make_cfg, tmp_path):
         train(make_cfg("callbacks=keep_best_niah", "trainer.max_steps=2", "logger=csv",
                        "trainer.enable_progress_bar=false", "data.batch_size=4", "data.source.num_train=64"))
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.timeout(600)
+def test_two_ranks_score_every_sample_once(tmp_path, bpe_backbone, text_corpus):
+    """trainer=ddp_cpu: each rank generates its share, rank 0 keeps the best model with every rank's predictions,
+    and the score is RULER's over all samples (3 samples: 2 on rank 0, 1 on rank 1)."""
+    import os
+    import subprocess
+    import sys
+
+    from rosa_lightning.evaluation.niah import score_niah
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(root / "train.py"), "trainer=ddp_cpu", f"hydra.run.dir={run}",
+           *overrides(bpe_backbone, text_corpus, "trainer.max_steps=2", "data.batch_size=2")]
+    proc = subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert [r["step"] for r in curve(run)] == [2]                              # written once, by rank 0
+    best = run / "best" / "niah_single_1_1024"
+    rows = [json.loads(x) for x in (best / "predictions_1024.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and len({r["_id"] for r in rows}) == 3
+    score = json.loads((best / "best.json").read_text())["score"]
+    assert score == score_niah([r["pred"] for r in rows], [r["answers"] for r in rows])
