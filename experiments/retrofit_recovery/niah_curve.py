@@ -41,9 +41,8 @@ def test_curve(run: Path, steps: list[int], length: int, samples: int, seed: int
     8 rows a batch, as ``eval.py``), cached in ``<run>/best/test_curve.json``."""
     from tqdm.auto import tqdm
 
-    from rosa_lightning.evaluation.niah import generate_niah, score_niah
-    from rosa_lightning.evaluation.prompts import tokenize
-    from rosa_lightning.evaluation.runner import Sample, batches, generate_batch
+    from rosa_lightning.evaluation.runner import predict
+    from rosa_lightning.evaluation.tasks import niah_task
     from rosa_lightning.generation.loading import load_run
     from rosa_lightning.lit_module import load_initial_weights
 
@@ -59,18 +58,12 @@ def test_curve(run: Path, steps: list[int], length: int, samples: int, seed: int
         raise SystemExit(f"{run}: no checkpoints/step<step>.ckpt for steps {missing} (the test curve needs the "
                          f"periodic checkpoint of every evaluated step)")
     model, tok = load_run(str(run / "model"), device="cpu")
-    records = generate_niah(tok, length, num_samples=samples, seed=seed)
-    work = [Sample(r["_id"], tokenize(tok, r["input"]), int(r["max_new_tokens"]), meta={"answers": r["answers"]})
-            for r in records]
+    task = niah_task(tok, length, num_samples=samples, seed=seed)
     for step in tqdm(todo, desc=f"{run.name}: checkpoints on the test samples", unit="ckpt"):
         load_initial_weights(model, str(run / "checkpoints" / f"step{step:07d}.ckpt"))
         model.eval()
-        preds, answers = [], []
-        for group in batches(work, 8, 1 << 30):
-            completions, _ = generate_batch(model, tok, group)
-            preds += [tok.decode(c, skip_special_tokens=True) for c in completions]
-            answers += [g.meta["answers"] for g in group]
-        scores[step] = score_niah(preds, answers)
+        preds = predict(model, tok, task.samples, batch_size=8, max_batch_tokens=1 << 30)
+        scores[step] = task.score([{"pred": preds[x.key], **x.meta} for x in task.samples])
         stored[key] = {str(k): v for k, v in sorted(scores.items())}
         cache.write_text(json.dumps(stored, indent=1) + "\n")
     return {s: scores[s] for s in steps}
@@ -80,6 +73,11 @@ def task_keys(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("niah_single_1_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
 
 
+def first_best(scores: dict[int, float]) -> int:
+    """The step the callback keeps: the first at the highest score."""
+    return max(scores, key=lambda step: (scores[step], -step))
+
+
 def plot_curves(path: Path, keys: list[str], curves: dict, tests: dict, samples: int, seed: int) -> None:
     """One panel per NIAH length, one colour per run: the curve the callback kept on (dashed, the kept step
     marked) and, where scored, the checkpoints on the test samples (solid)."""
@@ -87,19 +85,20 @@ def plot_curves(path: Path, keys: list[str], curves: dict, tests: dict, samples:
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for i, (label, rows) in enumerate(curves.items()):
-            points = [(r["step"], r[key]) for r in rows if key in r]
+            points = {r["step"]: r[key] for r in rows if key in r}
             if not points:
                 continue
             colour = f"C{i % 10}"
-            ax.plot(*zip(*points), linestyle="--", color=colour, alpha=0.7, label=f"{label}: kept on")
-            kept = max(points, key=lambda sv: (sv[1], -sv[0]))[0]
+            ax.plot(list(points), list(points.values()), linestyle="--", color=colour, alpha=0.7,
+                    label=f"{label}: kept on")
+            kept = first_best(points)
             if (label, key) in tests:
                 test = tests[label, key]
                 ax.plot(list(test), list(test.values()), color=colour, marker="o", markersize=3,
                         label=f"{label}: seed {seed}, {samples} samples")
                 ax.plot([kept], [test[kept]], marker="*", markersize=11, color=colour, linestyle="none")
             else:
-                ax.plot([kept], [dict(points)[kept]], marker="*", markersize=11, color=colour, linestyle="none")
+                ax.plot([kept], [points[kept]], marker="*", markersize=11, color=colour, linestyle="none")
         ax.set_title(key.replace("niah_single_1_", "niah_single_1 at ") + " (star: the kept step)", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("score (%)")
@@ -130,15 +129,16 @@ def main(argv=None) -> int:
                 steps = [r["step"] for r in curves[label] if key in r]
                 length = int(key.rsplit("_", 1)[1])
                 tests[label, key] = test_curve(Path(path), steps, length, args.test_samples, args.test_seed)
-    keys = sorted({k for rows in curves.values() for k in task_keys(rows)}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    keys = task_keys([r for rows in curves.values() for r in rows])
     for label, rows in curves.items():
         for key in task_keys(rows):
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            step, best = max(points, key=lambda sv: (sv[1], -sv[0]))  # the first step at the maximum
-            print(f"{label} {key}: " + " ".join(f"{s}:{v:g}" for s, v in points) + f"  best {best:g} at step {step}")
+            points = {r["step"]: r[key] for r in rows if key in r}
+            step = first_best(points)
+            print(f"{label} {key}: " + " ".join(f"{s}:{v:g}" for s, v in points.items())
+                  + f"  best {points[step]:g} at step {step}")
             if (label, key) in tests:
                 test = tests[label, key]
-                top = max(test, key=lambda s: (test[s], -s))
+                top = first_best(test)
                 print(f"{label} {key}, {args.test_samples} samples of seed {args.test_seed}: "
                       + " ".join(f"{s}:{v:g}" for s, v in test.items())
                       + f"  at the kept step {test[step]:g}, best {test[top]:g} at step {top}, last {test[max(test)]:g}")

@@ -13,8 +13,8 @@ every arm)::
 
 Each RUN is an arm folder of a study (``<logs>/<arm>``, finished: it holds ``result.json``), or the model a
 trained arm kept at its best NIAH step (``<logs>/<arm>/best/niah_single_1_<n>``, written with
-``callbacks=keep_best_niah``), optionally as ``LABEL=<path>``; the runs whose arm is ``global`` and ``window`` are the references of the shares. A
-trained arm is loaded from its merged ``model/`` folder, global and the window conversions are built from the
+``callbacks=keep_best_niah``), optionally as ``LABEL=<path>``; the runs whose arm is ``global`` and ``window`` are
+the references of the shares. A trained arm is loaded from its merged ``model/`` folder (a kept model from its own), global and the window conversions are built from the
 backbone as the study builds them. Everything goes under ``--out``: the task files (``tasks/``), each arm's
 evaluation (``arms/<label>/``, reused when the command runs again), ``results.json``, ``results.md`` and
 ``scores_ci.png``.
@@ -93,6 +93,11 @@ def arm_folder(path: Path) -> Path:
     return path.parent.parent if path.parent.name == "best" and path.parent.parent.name in study.ARMS else path
 
 
+def run_source(run: dict) -> Path:
+    """Where a run's model lives: the kept best model's folder, else the arm folder."""
+    return run.get("model_dir") or run["logs"] / run["arm"]
+
+
 def collect_runs(specs: list[str]) -> list[dict]:
     """The runs as dicts (label, logs, arm, settings, backbone: its SHA-256), checked: finished arms of known
     names, one backbone."""
@@ -105,6 +110,8 @@ def collect_runs(specs: list[str]) -> list[dict]:
             model_dir, path = path, arm_folder(path)
             if not (model_dir / "best.json").is_file():
                 raise SystemExit(f"{spec}: not a kept best model (no best.json)")
+            if path.name not in study.TRAINED:
+                raise SystemExit(f"{spec}: {path.name!r} is not a trained arm, so it has no kept model")
         logs, arm = path.parent, path.name
         if arm not in study.ARMS:
             raise SystemExit(f"{spec}: {arm!r} is not an arm of the study (expected <study logs>/<arm>, arm one of "
@@ -160,10 +167,8 @@ def arm_model(run: dict):
     conversion built from the backbone."""
     from rosa_lightning.generation.loading import load_run
 
-    if run.get("model_dir") is not None:
-        model, _ = load_run(str(run["model_dir"]), device="cpu")
-    elif run["arm"] in study.TRAINED:  # loaded, never trained: study.arm_module would train an unfinished arm
-        model, _ = load_run(str(run["logs"] / run["arm"]), device="cpu")
+    if run["arm"] in study.TRAINED:  # loaded, never trained: study.arm_module would train an unfinished arm
+        model, _ = load_run(str(run_source(run)), device="cpu")
     else:
         cfg = study.arm_config(run["arm"], run["settings"], run["logs"], run["logs"] / "backbone", None)
         model = study.arm_module(run["arm"], cfg, run["logs"])[0].model
@@ -183,8 +188,7 @@ def evaluate_run(run: dict, tokenizer, task_dir: Path, lengths: list[int], sampl
 
     eval_dir = out / "arms" / slug(run["label"])
     probe_file, record = eval_dir / "niah_probe.json", eval_dir / "rescore.json"
-    source = run.get("model_dir") or run["logs"] / run["arm"]
-    want = {"run": os.path.relpath(source, out), "niah": lengths, "niah_samples": samples}
+    want = {"run": os.path.relpath(run_source(run), out), "niah": lengths, "niah_samples": samples}
     if eval_dir.exists():
         had = json.loads(record.read_text()) if record.is_file() else None
         if had != want:
@@ -342,8 +346,7 @@ def main(argv=None) -> int:
     ref = (arms.index("global"), arms.index("window"))
     summary = {t: summarize_task(labels, [sample_scores(dirs[l], t) for l in labels], ref, args.num_boot)
                for t in [*CODE_TASKS, *[f"niah_single_1_{n}" for n in lengths]]}
-    write_json(out / "results.json", {"runs": {r["label"]: os.path.relpath(r.get("model_dir") or r["logs"] / r["arm"])
-                                               for r in runs},
+    write_json(out / "results.json", {"runs": {r["label"]: os.path.relpath(run_source(r)) for r in runs},
                                       "niah_samples": args.niah_samples, "summary": summary, "niah_probe": probes})
     print(write_report(summary, probes, out))
     print(f"report written to {out}")

@@ -85,8 +85,8 @@ def _wandb_dir(lg: Any) -> Optional[Path]:
 
 def output_files(trainer: L.Trainer, output_dir: Path) -> list[tuple[str, Path]]:
     """(what, path) of every file or folder the run may have written: checkpoints, adapter, merged
-    model, the best model kept during training, metrics CSV, W&B run and the text log. Called before the loggers finish (the W&B run is
-    still open); ``summary_lines`` keeps those that exist after they flushed."""
+    model, the best model kept during training, metrics CSV, W&B run and the text log. Called before the
+    loggers finish (the W&B run is still open); ``summary_lines`` keeps those that exist after they flushed."""
     found: list[tuple[str, Optional[Path]]] = [("run dir", output_dir)]
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and getattr(ckpt, "dirpath", None):

@@ -14,19 +14,19 @@ replaced atomically, so a kill leaves the previous best whole.
 The samples are RULER's (``rosa_lightning.evaluation.niah``) with their own ``seed``, which by default
 differs from ``eval.py``'s 42, so the choice of checkpoint never sees the samples a final evaluation
 reports. Generation is greedy, as in ``eval.py``, with ``max_new_tokens`` (RULER's 128 by default) and
-batches of ``batch_size`` rows. Every score is appended to ``<dirpath>/curve.jsonl``
-(step, task, score, seconds).
+batches of ``batch_size`` rows. Every evaluation is appended to ``<dirpath>/curve.jsonl`` (its step, the score
+of every length, its seconds and whether it was the best so far).
 
-Under DDP every rank generates its share of the samples and the per-sample scores are summed over ranks, so
-every rank sees the same score. A sharded model (FSDP) is refused at setup: its ranks would have to run the
+Under DDP every rank generates its share of the samples and the predictions are gathered from every rank, so
+every rank scores all of them and sees the same score. A sharded model (FSDP) is refused at setup: its ranks would have to run the
 same number of forwards in step.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -35,9 +35,9 @@ import lightning as L
 import torch
 
 from rosa_lightning.callbacks.adapter import run_tokenizer
-from rosa_lightning.evaluation.niah import generate_niah, score_niah_sample
-from rosa_lightning.evaluation.prompts import tokenize
-from rosa_lightning.evaluation.runner import Sample, batches, generate_batch
+from rosa_lightning.evaluation.niah import score_niah_sample
+from rosa_lightning.evaluation.runner import predict
+from rosa_lightning.evaluation.tasks import Task, niah_task
 from rosa_lightning.fileio import atomic_write_dir
 from rosa_lightning.modeling.integrity import check_finite
 from rosa_lightning.modeling.sharding import is_sharded
@@ -86,7 +86,7 @@ class TaskEvaluation(L.Callback):
         self.history: list[dict] = []
         self._tokenizer: Any = None       # for generation (left padding, a pad token)
         self._run_tokenizer: Any = None   # as the run has it, saved with the best model
-        self._samples: dict[int, list[Sample]] = {}
+        self._tasks: dict[int, Task] = {}       # the samples of this rank and RULER's score, by length
         self._last_step: Optional[int] = None
 
     @property
@@ -114,11 +114,10 @@ class TaskEvaluation(L.Callback):
         self._tokenizer = tok
         rank, world = trainer.global_rank, trainer.world_size
         for n in self.lengths:
-            records = generate_niah(tok, n, num_samples=self.num_samples, seed=self.seed)
-            samples = [Sample(r["_id"], tokenize(tok, r["input"]),
-                              self.max_new_tokens or int(r["max_new_tokens"]), meta={"answers": r["answers"]})
-                       for r in records]
-            self._samples[n] = samples[rank::world]  # this rank's share; the scores are summed over ranks
+            task = niah_task(tok, n, num_samples=self.num_samples, seed=self.seed)
+            samples = [dataclasses.replace(x, max_new_tokens=self.max_new_tokens or x.max_new_tokens)
+                       for x in task.samples]
+            self._tasks[n] = dataclasses.replace(task, samples=samples[rank::world])  # this rank's share
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -151,7 +150,7 @@ class TaskEvaluation(L.Callback):
         try:
             model.eval()
             for n in self.lengths:
-                scores[n], predictions[n] = self._score(trainer, model, self._samples[n])
+                scores[n], predictions[n] = self._score(trainer, model, self._tasks[n])
         finally:
             for m, was in modes.items():
                 m.train(was)
@@ -184,29 +183,16 @@ class TaskEvaluation(L.Callback):
         return scores
 
     @torch.no_grad()
-    def _score(self, trainer: L.Trainer, model: torch.nn.Module,
-               samples: list[Sample]) -> tuple[float, list[dict]]:
-        """RULER's score over every rank's samples, and the prediction rows (this rank's, or all of them on
-        rank 0 under DDP)."""
-        total, rows = 0.0, []
-        for group in batches(samples, self.batch_size, 1 << 30):
-            completions, _ = generate_batch(model, self._tokenizer, group)
-            for s, c in zip(group, completions):
-                pred = self._tokenizer.decode(c, skip_special_tokens=True)
-                rows.append({"_id": s.key, "pred": pred, "answers": s.meta["answers"],
-                             "score": score_niah_sample(pred, s.meta["answers"])})
-                total += rows[-1]["score"]
+    def _score(self, trainer: L.Trainer, model: torch.nn.Module, task: Task) -> tuple[float, list[dict]]:
+        """RULER's score over every rank's samples, and their prediction rows (gathered from every rank)."""
+        preds = predict(model, self._tokenizer, task.samples, batch_size=self.batch_size, max_batch_tokens=1 << 30)
+        rows = [{"_id": s.key, "pred": preds[s.key], "answers": s.meta["answers"],
+                 "score": score_niah_sample(preds[s.key], s.meta["answers"])} for s in task.samples]
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        summed = torch.tensor([total, float(len(samples))], dtype=torch.float64, device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            summed = trainer.strategy.reduce(summed, reduce_op="sum")
-        correct, count = (float(v) for v in summed.cpu())
-        if count == 0 or not math.isfinite(correct):
-            raise RuntimeError(f"TaskEvaluation scored no samples at step {trainer.global_step}")
-        return round(correct / count * 100, 2), rows  # RULER's string_match_all, rounded as RULER rounds it
+        return task.score(rows), rows
 
     def _save_best(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, score: float,
                    predictions: dict[int, list[dict]]) -> None:

@@ -197,6 +197,16 @@ def _cut(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens
 
 
+def predict(model: torch.nn.Module, tokenizer: Any, samples: list[Sample], *, batch_size: int,
+            max_batch_tokens: int) -> dict[str, str]:
+    """Greedy predictions of ``samples`` (batched as ``run_samples`` batches them, nothing written), by sample key."""
+    preds: dict[str, str] = {}
+    for group in batches(samples, batch_size, max_batch_tokens):
+        completions, _ = generate_batch(model, tokenizer, group)
+        preds.update((s.key, tokenizer.decode(c, skip_special_tokens=True)) for s, c in zip(group, completions))
+    return preds
+
+
 def run_samples(model: torch.nn.Module, tokenizer: Any, samples: list[Sample], out: PredictionFile,
                 make_row: Callable[[Sample, str], dict], *, batch_size: int, max_batch_tokens: int,
                 desc: str, speculative: Optional[SpeculativeConfig] = None) -> Throughput:
